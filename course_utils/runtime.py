@@ -1,0 +1,215 @@
+"""Where is this notebook running, and which profile should it use?
+
+Profiles (one code path, different model ids):
+- offline: no GPU, no Hub. The course's own small Llama and dataset from `assets/`; big models on the meta device.
+- cpu:     the Hub is reachable. SmolLM2-135M, a small ungated Llama-architecture model, on whatever device there is.
+- gpu:     a CUDA GPU, the Hub and a token with access. meta-llama/Llama-3.1-8B in 4-bit (fp16 compute on a T4,
+           bf16 on compute capability 8.0 and newer).
+`PROFILE = "auto"` in a notebook picks from what is there; any other value, or the COURSE_PROFILE environment
+variable, overrides the choice. A choice the runtime cannot serve falls back with a sentence, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+PROFILE_ENV = "COURSE_PROFILE"
+PROFILES = ("offline", "cpu", "gpu")
+CPU_MODEL_ID = "HuggingFaceTB/SmolLM2-135M"
+GPU_MODEL_ID = "meta-llama/Llama-3.1-8B"
+OFFLINE_MODEL = "course-llama"  # folder under assets/
+MIN_GPU_GB = 14.0  # the 8B in NF4 with the T4 preset needs a 15 GB card
+
+
+@dataclass
+class GPU:
+    name: str
+    memory_gb: float
+    capability: tuple[int, int]
+
+    @property
+    def bf16(self) -> bool:
+        """Real bf16 needs compute capability 8.0 (Ampere); a T4 (7.5) only emulates it, slowly."""
+        return self.capability >= (8, 0)
+
+
+@dataclass
+class Environment:
+    colab: bool
+    gpu: GPU | None
+    hub: bool
+    token: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Profile:
+    name: str
+    model_id: str
+    device: str
+    load_in_4bit: bool
+    compute_dtype: torch.dtype
+    reason: str
+
+    def __str__(self) -> str:
+        return (f"Profile '{self.name}': {self.reason}\n"
+                f"  model {self.model_id} on {self.device}, compute dtype {str(self.compute_dtype).replace('torch.', '')}"
+                f"{', base in 4-bit (NF4)' if self.load_in_4bit else ''}")
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def detect_gpu() -> GPU | None:
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return GPU(props.name, props.total_memory / 1e9, (props.major, props.minor))
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """True when the Hugging Face Hub answers; False at once when HF_HUB_OFFLINE is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import constants
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout)
+        return True
+    except Exception:
+        return False
+
+
+def find_token() -> str | None:
+    """A Hugging Face token from the environment, the login cache or Colab's secrets (never printed)."""
+    from huggingface_hub import get_token
+    token = get_token()
+    if token is None and in_colab():
+        try:
+            from google.colab import userdata  # type: ignore
+            token = userdata.get("HF_TOKEN")
+        except Exception:
+            token = None
+        if token:
+            os.environ["HF_TOKEN"] = token
+    return token or None
+
+
+def has_access(model_id: str) -> tuple[bool, str]:
+    """Whether the token may download a (possibly gated) model, with the reason when not."""
+    from huggingface_hub import auth_check
+    try:
+        auth_check(model_id)
+        return True, ""
+    except Exception as err:
+        kind = type(err).__name__
+        if kind == "GatedRepoError":
+            return False, f"your token has no access to the gated {model_id} yet (ask for it on the model's page)"
+        return False, f"the Hub refused {model_id} ({kind})"
+
+
+def detect(check_hub: bool = True) -> Environment:
+    """What this runtime has: Colab or not, a GPU, the Hub, a token."""
+    hub = check_hub and hub_reachable()
+    return Environment(colab=in_colab(), gpu=detect_gpu(), hub=hub, token=hub and find_token() is not None)
+
+
+def assets_dir() -> Path:
+    """The repo's `assets/` folder: $COURSE_ASSETS, next to the package, or above the working directory."""
+    if os.environ.get("COURSE_ASSETS"):
+        return Path(os.environ["COURSE_ASSETS"])
+    candidates = [Path(__file__).resolve().parent.parent, *Path.cwd().resolve().parents, Path.cwd().resolve()]
+    for root in candidates:
+        if (root / "assets").is_dir() and (root / "notebooks").is_dir():
+            return root / "assets"
+    return Path.cwd() / "assets"
+
+
+def compute_dtype_for(gpu: GPU | None, wanted: torch.dtype | None = None) -> tuple[torch.dtype, str]:
+    """The compute dtype for this device, with a note when the wish cannot be met."""
+    if gpu is None:
+        return torch.float32, ""
+    if wanted == torch.bfloat16 and not gpu.bf16:
+        return torch.float16, (f"{gpu.name} has compute capability {gpu.capability[0]}.{gpu.capability[1]}; "
+                               "bf16 needs 8.0 or newer, so fp16 is used instead.")
+    return (wanted or (torch.bfloat16 if gpu.bf16 else torch.float16)), ""
+
+
+def _offline(reason: str) -> Profile:
+    return Profile("offline", str(assets_dir() / OFFLINE_MODEL), "cpu", False, torch.float32, reason)
+
+
+def _cpu(env: Environment, reason: str) -> Profile:
+    device = "cuda" if env.gpu else "cpu"
+    dtype = compute_dtype_for(env.gpu)[0]
+    return Profile("cpu", CPU_MODEL_ID, device, False, dtype, reason)
+
+
+def _gpu(env: Environment, reason: str) -> Profile:
+    dtype = compute_dtype_for(env.gpu)[0]
+    return Profile("gpu", GPU_MODEL_ID, "cuda", True, dtype, reason)
+
+
+def choose_profile(requested: str = "auto", env: Environment | None = None) -> Profile:
+    """Pick a profile from what the runtime has. `requested` (the notebook's PROFILE) beats $COURSE_PROFILE."""
+    requested = (requested or "auto").lower()
+    asked = "you asked for it"
+    if requested == "auto" and os.environ.get(PROFILE_ENV, "auto").lower() not in ("", "auto"):
+        requested, asked = os.environ[PROFILE_ENV].lower(), f"{PROFILE_ENV}={os.environ[PROFILE_ENV]} asked for it"
+    if requested not in ("auto", *PROFILES):
+        print(f"Unknown profile {requested!r}; the profiles are {', '.join(PROFILES)} or 'auto'. Choosing automatically.")
+        requested = "auto"
+    if requested == "offline":
+        return _offline(f"{asked}: the course's own model and data, no GPU or Hub needed.")
+    env = env or detect()
+
+    gpu_problem = _gpu_problem(env)
+    if requested == "gpu":
+        if gpu_problem is None:
+            return _gpu(env, f"{asked}, and {env.gpu.name} with Hub access to {GPU_MODEL_ID} is here.")
+        fallback = "cpu" if env.hub else "offline"
+        print(f"The gpu profile can't run here: {gpu_problem}. Falling back to the {fallback} profile.")
+        requested = fallback
+    if requested == "cpu":
+        if env.hub:
+            return _cpu(env, f"{asked}: {CPU_MODEL_ID} from the Hub.")
+        print("The cpu profile needs the Hugging Face Hub, which can't be reached. Falling back to the offline profile.")
+        return _offline("the Hub can't be reached, so the course uses the model and data shipped in the repo.")
+
+    # auto
+    if not env.hub:
+        return _offline("the Hugging Face Hub can't be reached, so the course uses the model and data shipped in the repo.")
+    if gpu_problem is None:
+        return _gpu(env, f"{env.gpu.name} ({env.gpu.memory_gb:.0f} GB) and access to {GPU_MODEL_ID} are here.")
+    return _cpu(env, f"the Hub is reachable but {gpu_problem}, so the small ungated {CPU_MODEL_ID} is used.")
+
+
+def _gpu_problem(env: Environment) -> str | None:
+    """Why the gpu profile can't run here, in words, or None when it can."""
+    if env.gpu is None:
+        where = " (in Colab: Runtime > Change runtime type > T4 GPU)" if env.colab else ""
+        return f"there is no CUDA GPU{where}"
+    if env.gpu.memory_gb < MIN_GPU_GB:
+        return f"{env.gpu.name} has {env.gpu.memory_gb:.1f} GB and the 8B in 4-bit needs about {MIN_GPU_GB:.0f} GB"
+    if not env.hub:
+        return "the Hugging Face Hub can't be reached"
+    if not env.token:
+        return "no Hugging Face token was found (add HF_TOKEN to Colab's secrets, or run `huggingface-cli login`)"
+    ok, why = has_access(GPU_MODEL_ID)
+    return None if ok else why
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar: a widget in Jupyter and Colab, plain text when the notebooks run headless."""
+    if os.environ.get("COURSE_TEXT_PROGRESS") == "1":
+        from tqdm import tqdm
+        kwargs.setdefault("mininterval", 5.0)
+        return tqdm(iterable, file=sys.stdout, ascii=True, **kwargs)
+    from tqdm.auto import tqdm
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,106 @@
+"""Execute the course notebooks top to bottom with a fresh kernel, in the offline profile by default.
+
+    python scripts/run_notebooks.py                   # all notebooks -> build/notebooks/, times printed
+    python scripts/run_notebooks.py --inplace 01      # refresh the committed outputs of notebook 01
+
+Each executed notebook is stamped with a hash of its code cells (metadata.course.code_sha256), so a test can
+tell when the code changed after the outputs were made. Widget state is stripped: it breaks GitHub's renderer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def notebook_paths(selected: list[str] | None = None) -> list[Path]:
+    """The course notebooks in order, or those whose file names start with one of `selected`."""
+    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if selected:
+        paths = [p for p in paths if any(p.name.startswith(s) for s in selected)]
+    return paths
+
+
+def code_hash(nb) -> str:
+    """sha256 of the code cells' sources: changes whenever the code does, not when the prose does."""
+    code = "\n\x00".join(c.source for c in nb.cells if c.cell_type == "code")
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def offline_env() -> dict[str, str]:
+    """Environment for the kernel: the offline profile, no Hub, plain-text progress bars."""
+    env = dict(os.environ)
+    env.setdefault("COURSE_PROFILE", "offline")
+    env.update(HF_HUB_OFFLINE="1", COURSE_TEXT_PROGRESS="1", PYTHONHASHSEED="0")
+    return env
+
+
+def execute(path: Path, timeout: int = 900) -> tuple[nbformat.NotebookNode, float]:
+    """Run a notebook with a fresh kernel; returns the executed notebook and its wall time in seconds."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    old_env = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(offline_env())  # the kernel inherits this process's environment
+    try:
+        start = time.perf_counter()
+        client.execute()
+        seconds = time.perf_counter() - start
+    finally:
+        os.environ.clear()
+        os.environ.update(old_env)
+    stamp(nb, seconds)
+    return nb, seconds
+
+
+def stamp(nb, seconds: float) -> None:
+    """Record how the outputs were made, and drop widget state."""
+    nb.metadata.pop("widgets", None)
+    nb.metadata["course"] = {
+        "code_sha256": code_hash(nb),
+        "profile": os.environ.get("COURSE_PROFILE", "offline"),
+        "run_seconds": round(seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="notebook file-name prefixes, e.g. 01 02 (default: all)")
+    parser.add_argument("--inplace", action="store_true", help="write the outputs back into notebooks/")
+    parser.add_argument("--out", default="build/notebooks", help="folder for executed copies (default %(default)s)")
+    args = parser.parse_args(argv)
+
+    paths = notebook_paths(args.names)
+    if not paths:
+        print(f"No notebook matches {args.names}; the notebooks are in {NOTEBOOKS}.")
+        return 1
+    out = NOTEBOOKS if args.inplace else (ROOT / args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    for path in paths:
+        print(f"running {path.name} ...", flush=True)
+        nb, seconds = execute(path)
+        nbformat.write(nb, out / path.name)
+        times[path.name] = round(seconds, 1)
+        print(f"  {seconds:6.1f} s  -> {out / path.name}", flush=True)
+    total = sum(times.values())
+    print(f"{len(times)} notebooks in {total:.1f} s")
+    if not args.inplace:
+        (out.parent / "run_times.json").write_text(json.dumps({"seconds": times, "total": round(total, 1)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

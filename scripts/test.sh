@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install everything and run the test suite (unit tests, then every notebook executed in the offline profile).
+#   bash scripts/test.sh            -> newest tested releases, in .venv
+#   bash scripts/test.sh --colab    -> Google Colab's versions, in .venv-colab
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k configs`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+args=()
+if [ "${1:-}" = "--colab" ]; then args=(--colab); shift; fi
+venv=$(bash scripts/setup_env.sh "${args[@]}" | tail -n 1)
+"$venv/bin/python" -m pytest "$@"

@@ -1,0 +1,61 @@
+import json
+from pathlib import Path
+
+import pytest
+from transformers import LlamaConfig
+
+from course_utils.architecture import empty_model, num_params
+from course_utils.configs import MODELS, known_names, load_config
+
+# Published totals (tied embeddings counted once); the same figures are in shared/COURSE_DESIGN.md and the issue.
+EXPECTED = {
+    "llama-3.1-8b": 8_030_261_248,
+    "llama-3.1-70b": 70_553_706_496,
+    "llama-3.1-405b": 405_853_388_800,
+    "llama-3.2-1b": 1_235_814_400,
+}
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "configs"
+
+
+@pytest.mark.parametrize("name", known_names())
+def test_every_known_name_loads_as_llama(name):
+    config = load_config(name)
+    assert isinstance(config, LlamaConfig)
+    assert config.num_attention_heads % config.num_key_value_heads == 0
+
+
+@pytest.mark.parametrize("name,count", EXPECTED.items())
+def test_meta_models_have_the_published_parameter_counts(name, count):
+    assert num_params(empty_model(load_config(name))) == count
+
+
+def test_names_are_case_insensitive_and_hub_ids_of_shipped_configs_need_no_network():
+    assert load_config("Llama-3.1-8B").hidden_size == 4096
+    assert load_config("meta-llama/Llama-3.1-8B").num_hidden_layers == 32
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError) as err:
+        load_config("llama-9b")
+    for name in MODELS:
+        assert name in str(err.value)
+
+
+def test_local_folder_is_accepted(tmp_path):
+    load_config("smollm2-135m").save_pretrained(tmp_path)
+    assert load_config(str(tmp_path)).hidden_size == 576
+
+
+def test_unreachable_hub_id_gives_a_sentence_not_a_traceback():
+    with pytest.raises(ValueError, match="Could not fetch the config"):
+        load_config("someone/not-a-real-model")
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared/reference not beside the repo")
+def test_shipped_configs_equal_the_published_ones():
+    for short, hub_id in MODELS.items():
+        if hub_id is None:
+            continue
+        published = json.loads((REFERENCE / f"{hub_id.split('/')[1]}.json").read_text())
+        shipped = json.loads((Path(load_config.__code__.co_filename).parent / "model_configs" / f"{short}.json").read_text())
+        assert shipped == published, short

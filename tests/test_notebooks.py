@@ -1,0 +1,53 @@
+"""Every notebook: committed outputs fresh and clean, and a fresh top-to-bottom run in the offline profile."""
+
+import re
+
+import nbformat
+import pytest
+
+from scripts.run_notebooks import code_hash, execute, notebook_paths
+from tests.conftest import NOTEBOOK_TIMES
+
+NOTEBOOKS = notebook_paths()
+# Things that look like credentials: Hugging Face, GitHub, OpenAI-style keys, and "token = <long value>".
+SECRET = re.compile(r"hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}"
+                    r"|(?i:(?:token|secret|api[_-]?key|password)\s*[:=]\s*['\"]?[A-Za-z0-9_\-]{16,})")
+
+
+def outputs_text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            parts.extend(str(v) for k, v in out.get("data", {}).items() if not k.startswith("image/"))
+            parts.extend(out.get("traceback", []))
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_outputs_are_fresh_and_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    stamp = nb.metadata.get("course", {})
+    assert stamp.get("code_sha256") == code_hash(nb), (
+        f"{path.name}: code changed since its outputs were made; run `python scripts/run_notebooks.py --inplace {path.name[:2]}`")
+    assert stamp.get("profile") == "offline"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "run top to bottom, every cell once"
+    assert not any(o.output_type == "error" for c in code for o in c.outputs)
+    assert "widgets" not in nb.metadata, "widget state breaks GitHub's renderer"
+    assert not SECRET.search(outputs_text(nb)), "an output contains something that looks like a token"
+
+
+def test_secret_pattern_catches_tokens():
+    assert SECRET.search("HF_TOKEN=hf_" + "a1B2" * 8)
+    assert SECRET.search("token: " + "x" * 24)
+    assert not SECRET.search("trainable params: 27,262,976 || tokens per second: 1234")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_top_to_bottom_offline(path):
+    nb, seconds = execute(path)  # raises CellExecutionError, with the cell and traceback, on any error
+    NOTEBOOK_TIMES[path.name] = seconds
+    assert len(nb.cells) > 3
+    assert not SECRET.search(outputs_text(nb))

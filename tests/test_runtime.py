@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from course_utils import runtime
+from course_utils.runtime import GPU, Environment, choose_profile, compute_dtype_for
+
+T4 = GPU("Tesla T4", 15.8, (7, 5))
+A100 = GPU("NVIDIA A100-SXM4-40GB", 42.4, (8, 0))
+SMALL = GPU("Quadro P1000", 4.2, (6, 1))
+
+
+@pytest.fixture(autouse=True)
+def no_env_override(monkeypatch):
+    monkeypatch.delenv(runtime.PROFILE_ENV, raising=False)
+    monkeypatch.setattr(runtime, "has_access", lambda model_id: (True, ""))
+
+
+def test_no_hub_means_offline():
+    p = choose_profile("auto", Environment(colab=False, gpu=T4, hub=False, token=True))
+    assert p.name == "offline" and "Hub" in p.reason and p.device == "cpu"
+
+
+def test_t4_with_token_gets_the_8b_in_4bit_with_fp16_compute():
+    p = choose_profile("auto", Environment(colab=True, gpu=T4, hub=True, token=True))
+    assert (p.name, p.model_id, p.load_in_4bit, p.compute_dtype) == ("gpu", runtime.GPU_MODEL_ID, True, torch.float16)
+
+
+def test_ampere_gets_bf16_compute():
+    p = choose_profile("auto", Environment(colab=True, gpu=A100, hub=True, token=True))
+    assert p.compute_dtype == torch.bfloat16
+
+
+def test_bf16_wish_on_a_t4_falls_back_to_fp16_with_a_note():
+    dtype, note = compute_dtype_for(T4, torch.bfloat16)
+    assert dtype == torch.float16 and "7.5" in note and "fp16" in note
+
+
+@pytest.mark.parametrize("env,why", [
+    (Environment(colab=True, gpu=None, hub=True, token=True), "no CUDA GPU"),
+    (Environment(colab=False, gpu=SMALL, hub=True, token=True), "needs about"),
+    (Environment(colab=False, gpu=T4, hub=True, token=False), "no Hugging Face token"),
+])
+def test_auto_without_what_the_8b_needs_uses_the_small_hub_model(env, why):
+    p = choose_profile("auto", env)
+    assert p.name == "cpu" and p.model_id == runtime.CPU_MODEL_ID and why in p.reason
+
+
+def test_gated_model_without_access_falls_back_with_a_sentence(monkeypatch):
+    monkeypatch.setattr(runtime, "has_access", lambda m: (False, "your token has no access to the gated model yet"))
+    p = choose_profile("auto", Environment(colab=True, gpu=T4, hub=True, token=True))
+    assert p.name == "cpu" and "gated" in p.reason
+
+
+def test_asking_for_gpu_without_one_falls_back_and_says_why(capsys):
+    p = choose_profile("gpu", Environment(colab=True, gpu=None, hub=False, token=False))
+    assert p.name == "offline"
+    out = capsys.readouterr().out
+    assert "no CUDA GPU" in out and "Runtime > Change runtime type" in out
+
+
+def test_environment_variable_overrides_auto_but_not_the_notebook_variable(monkeypatch):
+    monkeypatch.setenv(runtime.PROFILE_ENV, "offline")
+    env = Environment(colab=False, gpu=T4, hub=True, token=True)
+    assert choose_profile("auto", env).name == "offline"
+    assert "COURSE_PROFILE=offline" in choose_profile("auto", env).reason
+    assert choose_profile("gpu", env).name == "gpu"
+
+
+def test_unknown_profile_name_is_explained(capsys):
+    p = choose_profile("turbo", Environment(colab=False, gpu=None, hub=False, token=False))
+    assert p.name == "offline" and "offline, cpu, gpu" in capsys.readouterr().out
+
+
+def test_hub_offline_variable_short_circuits_the_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert runtime.hub_reachable() is False
+    env = runtime.detect()
+    assert env.hub is False and env.token is False
+
+
+def test_offline_model_lives_in_assets():
+    p = choose_profile("offline")
+    assert p.model_id.endswith(runtime.OFFLINE_MODEL) and runtime.assets_dir().name == "assets"
+
+
+def test_progress_is_plain_text_when_headless(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_TEXT_PROGRESS", "1")
+    assert sum(runtime.progress(range(5), desc="count")) == 10
+    assert "count" in capsys.readouterr().out
