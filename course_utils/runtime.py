@@ -213,3 +213,57 @@ def progress(iterable=None, **kwargs):
         return tqdm(iterable, file=sys.stdout, ascii=True, **kwargs)
     from tqdm.auto import tqdm
     return tqdm(iterable, **kwargs)
+
+
+def bnb_4bit_config(compute_dtype: torch.dtype = torch.float16, double_quant: bool = True):
+    """NF4 storage as QLoRA uses it. transformers' own defaults are fp4 without double quantization, so ask."""
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
+
+
+def bitsandbytes_problem() -> str | None:
+    """Why 4-bit loading can't run here, in a sentence, or None when bitsandbytes is usable."""
+    try:
+        import bitsandbytes as bnb
+    except Exception as err:
+        return f"bitsandbytes is not installed or failed to import ({type(err).__name__}); run `pip install bitsandbytes==0.50.2`"
+    from packaging.version import Version
+    if Version(bnb.__version__) < Version("0.49"):
+        return f"bitsandbytes {bnb.__version__} is too old for 4-bit on this machine; run `pip install bitsandbytes==0.50.2`"
+    return None
+
+
+def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtype | None = None):
+    """(model, tokenizer) for a profile: 4-bit NF4 when asked and possible, else `dtype`; eval mode.
+
+    A download that fails (no network, no token, a gated model) falls back to the offline model with a sentence.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    if os.environ.get("COURSE_TEXT_PROGRESS") == "1":
+        hf_logging.disable_progress_bar()
+    four_bit = profile.load_in_4bit if four_bit is None else four_bit
+    if four_bit and (problem := bitsandbytes_problem()):
+        print(f"Loading without 4-bit: {problem}.")
+        four_bit = False
+    if profile.name == "offline" and not Path(profile.model_id).is_dir():
+        raise FileNotFoundError(f"The course's small model is missing from {profile.model_id}. "
+                                "Run `python scripts/pretrain_course_model.py` from the repo's root to rebuild it.")
+    kwargs: dict = {}
+    if four_bit:
+        kwargs.update(quantization_config=bnb_4bit_config(profile.compute_dtype), device_map=profile.device,
+                      dtype=profile.compute_dtype)
+    else:
+        kwargs.update(dtype=dtype or (profile.compute_dtype if profile.device == "cuda" else torch.float32))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(profile.model_id)
+        model = AutoModelForCausalLM.from_pretrained(profile.model_id, **kwargs)
+    except Exception as err:  # no network, no token, a gated repo: say so and carry on offline
+        if profile.name == "offline":
+            raise
+        print(f"Could not load {profile.model_id} ({str(err).splitlines()[0][:160]}). Falling back to the offline profile.")
+        return load_model(_offline("loading the online model failed, so the course's own model is used."), four_bit, dtype)
+    if not four_bit and profile.device != "cpu":
+        model = model.to(profile.device)
+    return model.eval(), tokenizer

@@ -87,3 +87,40 @@ def test_progress_is_plain_text_when_headless(monkeypatch, capsys):
     monkeypatch.setenv("COURSE_TEXT_PROGRESS", "1")
     assert sum(runtime.progress(range(5), desc="count")) == 10
     assert "count" in capsys.readouterr().out
+
+
+def test_bnb_config_asks_for_nf4_with_double_quantization():
+    cfg = runtime.bnb_4bit_config(torch.float16)
+    assert (cfg.load_in_4bit, cfg.bnb_4bit_quant_type, cfg.bnb_4bit_use_double_quant) == (True, "nf4", True)
+    assert cfg.bnb_4bit_compute_dtype == torch.float16
+
+
+def test_bitsandbytes_problem_is_a_sentence_or_none(monkeypatch):
+    assert runtime.bitsandbytes_problem() is None  # 0.50.2 is installed by requirements.txt
+    import builtins
+    real_import = builtins.__import__
+
+    def no_bnb(name, *args, **kwargs):
+        if name == "bitsandbytes":
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    assert "pip install bitsandbytes==0.50.2" in runtime.bitsandbytes_problem()
+
+
+def test_missing_offline_model_says_how_to_rebuild_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_ASSETS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="pretrain_course_model.py"):
+        runtime.load_model(choose_profile("offline"))
+
+
+def test_failed_download_falls_back_to_the_offline_model(monkeypatch, capsys):
+    """A gated or unreachable Hub model: one sentence, then the course's own model (from assets/)."""
+    if not (runtime.assets_dir() / runtime.OFFLINE_MODEL).is_dir():
+        pytest.skip("assets/course-llama not built")
+    env = Environment(colab=False, gpu=None, hub=True, token=False)
+    profile = choose_profile("cpu", env)
+    model, tokenizer = runtime.load_model(profile)
+    assert "Falling back to the offline profile" in capsys.readouterr().out
+    assert model.config.model_type == "llama" and tokenizer is not None
