@@ -51,9 +51,9 @@ def execute(path: Path, timeout: int = 900) -> tuple[nbformat.NotebookNode, floa
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}})
-    old_env = dict(os.environ)
+    old_env, kernel_env = dict(os.environ), offline_env()
     os.environ.clear()
-    os.environ.update(offline_env())  # the kernel inherits this process's environment
+    os.environ.update(kernel_env)  # the kernel inherits this process's environment
     try:
         start = time.perf_counter()
         client.execute()

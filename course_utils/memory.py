@@ -1,0 +1,445 @@
+"""Memory arithmetic: the bytes of a model's weights at each precision, and what training adds.
+
+`weight_bytes(config, precision)` is the memory a loaded model holds, tensor by tensor, as bitsandbytes and
+transformers store it (checked against real loads in tests/test_memory.py):
+
+- fp32 / fp16 / bf16: every parameter at 4 / 2 / 2 bytes, plus the two rotary-frequency buffers
+  (`inv_freq`, `original_inv_freq`: head_dim / 2 float32 each), which `get_memory_footprint()` counts too.
+- int8 (LLM.int8, `load_in_8bit`): each Linear inside the decoder layers keeps 1 byte per weight and one
+  float32 scale per output row (`SCB`); everything else stays in the load dtype (`unquantized`, bf16 by default).
+- nf4 (`load_in_4bit`, QLoRA's storage): each Linear inside the decoder layers keeps 4 bits per weight, packed
+  two to a byte, and one absmax per block of 64 weights, as float32, or, with double quantization, as 8 bits
+  (the absmax minus their mean, quantized again in blocks of 256 with one float32 absmax per block, plus the
+  float32 mean and a 256-entry float32 code table). Every quantized layer also carries its 16-entry NF4 code.
+  Embeddings, norms and `lm_head` are not quantized and stay in the load dtype.
+
+`training_memory(config, method, ...)` adds gradients, optimizer states and activations for full fine-tuning,
+LoRA and QLoRA, and says which GPUs the total fits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LlamaConfig
+
+from course_utils.params import LINEAR_KINDS, head_dim, linear_shapes, param_breakdown
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
+FLOAT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+NF4_BLOCK = 64  # weights per absmax in bitsandbytes' 4-bit quantization (its default, used by QLoRA)
+NESTED_BLOCK = 256  # absmax per second-level block in double quantization
+CODE_8BIT_ENTRIES = 256  # the float32 code table of the 8-bit quantization of the absmax
+CODE_4BIT_ENTRIES = 16  # the float32 NF4 code table every 4-bit layer carries
+
+# GPUs the verdict speaks of, memory in GB (1e9 bytes): the T4 as Colab offers it (15 GB), the others as sold.
+GPUS: dict[str, float] = {"T4": 15, "L4": 24, "A100 40GB": 40, "A100 80GB": 80, "H100": 80}
+HEADROOM = 0.02  # fraction of a GPU kept free for the CUDA context and the allocator's fragmentation (assumed)
+
+METHODS = ("full", "full-mixed", "lora", "qlora")
+OPTIMIZERS = ("adamw", "adamw-8bit")
+BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes keeps 32-bit optimizer states for tensors smaller than this
+
+
+# ----------------------------------------------------------------------------------------------- weights
+
+def nf4_bytes(n_weights: int, double_quant: bool = True, blocksize: int = NF4_BLOCK) -> dict[str, int]:
+    """The bytes bitsandbytes stores for one 4-bit (NF4) weight matrix of `n_weights` weights, by tensor."""
+    blocks = math.ceil(n_weights / blocksize)
+    out = {"packed 4-bit weights": math.ceil(n_weights / 2), "NF4 code": 4 * CODE_4BIT_ENTRIES}
+    if double_quant:
+        out["absmax (8-bit)"] = blocks
+        out["nested absmax, mean, code (fp32)"] = 4 * (math.ceil(blocks / NESTED_BLOCK) + 1 + CODE_8BIT_ENTRIES)
+    else:
+        out["absmax (fp32)"] = 4 * blocks
+    return out
+
+
+def int8_bytes(in_features: int, out_features: int) -> dict[str, int]:
+    """The bytes of one LLM.int8 weight matrix: 1 byte per weight, one float32 scale per output row."""
+    return {"int8 weights": in_features * out_features, "row scales (fp32)": 4 * out_features}
+
+
+def rotary_buffer_bytes(config: LlamaConfig) -> int:
+    """`inv_freq` and `original_inv_freq`: head_dim / 2 float32 each, held by every loaded Llama."""
+    return 2 * (head_dim(config) // 2) * 4
+
+
+def weight_breakdown(config: LlamaConfig, precision: str = "bf16", double_quant: bool = True,
+                     unquantized: str = "bf16") -> dict[str, int]:
+    """`weight_bytes` split into its parts: quantized Linears, their constants, what stays unquantized, buffers.
+
+    `unquantized` is the dtype of the modules int8 and nf4 leave alone (embeddings, norms, lm_head, biases).
+    """
+    precision = _check_choice(precision, PRECISIONS, "precision")
+    _check_choice(unquantized, tuple(FLOAT_BYTES), "unquantized")
+    b = param_breakdown(config)
+    if precision in FLOAT_BYTES:
+        return {"parameters": b.total * FLOAT_BYTES[precision], "rotary buffers (fp32)": rotary_buffer_bytes(config)}
+    out: dict[str, int] = {}
+    for i, o in linear_shapes(config).values():
+        parts = nf4_bytes(i * o, double_quant) if precision == "nf4" else int8_bytes(i, o)
+        for name, nbytes in parts.items():
+            out[name] = out.get(name, 0) + config.num_hidden_layers * nbytes
+    others = b.total - config.num_hidden_layers * sum(i * o for i, o in linear_shapes(config).values())
+    out[f"embeddings, norms, lm_head, biases ({unquantized})"] = others * FLOAT_BYTES[unquantized]
+    out["rotary buffers (fp32)"] = rotary_buffer_bytes(config)
+    return out
+
+
+def weight_bytes(config: LlamaConfig, precision: str = "bf16", double_quant: bool = True,
+                 unquantized: str = "bf16") -> int:
+    """Bytes a loaded model holds for its weights at `precision` ("fp32", "fp16", "bf16", "int8" or "nf4").
+
+    For "nf4", `double_quant=True` (QLoRA's setting) stores the absmax constants in 8 bits; False keeps them
+    in float32. Example: `weight_bytes(load_config("llama-3.1-8b"), "nf4", double_quant=True)`.
+    """
+    return sum(weight_breakdown(config, precision, double_quant, unquantized).values())
+
+
+def bits_per_weight(precision: str, double_quant: bool = True, blocksize: int = NF4_BLOCK) -> float:
+    """Average bits per quantized weight, constants included (ignoring the per-layer code tables)."""
+    precision = _check_choice(precision, PRECISIONS, "precision")
+    if precision in FLOAT_BYTES:
+        return 8.0 * FLOAT_BYTES[precision]
+    if precision == "int8":
+        return 8.0  # plus 32 bits per output row, which is 32 / in_features per weight
+    if double_quant:
+        return 4 + 8 / blocksize + 32 / (blocksize * NESTED_BLOCK)
+    return 4 + 32 / blocksize
+
+
+def tensors_of(model) -> list:
+    """Every tensor a model holds: parameters, buffers, and the quantization state bitsandbytes hangs on a
+    quantized weight (`quant_state` for 4-bit: absmax, code, offset and the nested state; `SCB` for int8)."""
+    found = list(model.parameters()) + list(model.buffers())
+
+    def walk(obj, depth=0):
+        if isinstance(obj, torch.Tensor):
+            found.append(obj)
+        elif depth < 3 and hasattr(obj, "__dict__") and type(obj).__name__ == "QuantState":
+            for value in vars(obj).values():
+                walk(value, depth + 1)
+
+    for p in model.parameters():
+        walk(getattr(p, "quant_state", None))
+        walk(getattr(p, "SCB", None))
+    return found
+
+
+def model_bytes(model) -> int:
+    """The measured bytes of every tensor in `tensors_of(model)`, each storage counted once (tied weights)."""
+    return _unique_bytes(tensors_of(model))
+
+
+def measure_training_step(model, input_ids, optimizer) -> dict[str, int]:
+    """Run one training step (forward with labels, backward, optimizer step) and measure its memory, by part.
+
+    weights: `model_bytes` before the step (trainable adapters split out as "trainable weights" when the
+    base is frozen); activations: every tensor autograd saves for the backward pass, each storage once,
+    parameters excluded (recorded with `torch.autograd.graph.saved_tensors_hooks`); gradients: the `.grad`
+    tensors; optimizer states: every tensor in `optimizer.state`.
+    """
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    frozen_base = len(trainable) < len(params)
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in param_ptrs:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    total_weights = model_bytes(model)
+    trainable_bytes = _unique_bytes(trainable) if frozen_base else 0
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    optimizer.step()
+    states = [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+    out = {"weights": total_weights - trainable_bytes, "trainable weights": trainable_bytes,
+           "gradients": _unique_bytes([p.grad for p in trainable if p.grad is not None]),
+           "optimizer states": _unique_bytes(states), "activations (saved for backward)": sum(saved.values())}
+    optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def _unique_bytes(tensors) -> int:
+    """Bytes of the storages behind `tensors`, each counted once (meta tensors have no storage to share)."""
+    seen = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        key = ("meta", id(t)) if t.is_meta else (t.device.type, storage.data_ptr())
+        seen[key] = t.numel() * t.element_size() if t.is_meta else storage.nbytes()
+    return sum(seen.values())
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+def lora_shapes(config: LlamaConfig, rank: int, targets) -> list[tuple[int, int]]:
+    """Shapes (rows, cols) of every LoRA matrix: A is rank x in, B is out x rank, per target, per layer."""
+    targets = _check_targets(targets)
+    shapes = linear_shapes(config)
+    out = []
+    for kind in targets:
+        i, o = shapes[kind]
+        out += [(rank, i), (o, rank)] * config.num_hidden_layers
+    return out
+
+
+def lora_params(config: LlamaConfig, rank: int, targets) -> int:
+    """Trainable LoRA parameters: rank x (in + out) for every target module of every layer."""
+    return sum(r * c for r, c in lora_shapes(config, rank, targets))
+
+
+def optimizer_bytes(tensor_sizes: list[int], optimizer: str = "adamw", state_bytes: int = 4) -> int:
+    """Optimizer memory for trainable tensors of the given sizes.
+
+    AdamW (torch.optim.AdamW) keeps two moments per weight, `state_bytes` each (the parameter's own dtype),
+    and a float32 step counter per tensor.
+    8-bit AdamW (bitsandbytes) keeps 1 byte per moment plus one float32 absmax per 256 values, and two
+    256-entry float32 code tables shared by all tensors; tensors under 4096 values keep 32-bit moments.
+    """
+    optimizer = _check_choice(optimizer, OPTIMIZERS, "optimizer")
+    total = 0
+    if optimizer == "adamw-8bit" and any(n >= BNB_8BIT_MIN_SIZE for n in tensor_sizes):
+        total += 2 * 4 * 256  # the two float32 code tables, shared by all tensors of the optimizer
+    for n in tensor_sizes:
+        if optimizer == "adamw":
+            total += 2 * n * state_bytes + 4  # exp_avg, exp_avg_sq and a float32 step counter (torch.optim.AdamW)
+        elif n < BNB_8BIT_MIN_SIZE:
+            total += 2 * n * 4
+        else:
+            total += 2 * (n + 4 * math.ceil(n / 256))
+    return total
+
+
+def activation_bytes(config: LlamaConfig, batch_size: int, seq_len: int, method: str = "lora",
+                     targets=("q_proj", "v_proj"), rank: int = 8, gradient_checkpointing: bool = False,
+                     compute_bytes: int = 2, adapter_bytes: int = 4) -> dict[str, int]:
+    """Activation memory of one training step, by part, from the tensors autograd keeps for the backward pass.
+
+    Per token, with d = hidden, q = heads x head_dim, kv = KV heads x head_dim, f = MLP size, V = vocabulary,
+    a = bytes of the compute dtype, in one decoder layer:
+    - each RMSNorm keeps its input upcast to float32 and 1/rms (4d + 4); with a trainable scale also the
+      normalized input (a d); its output (a d) is kept when a trainable Linear reads it;
+    - attention (SDPA with a flash-style kernel) keeps q, k, v after RoPE, its output (a (2q + 2kv); o_proj
+      reads that output in place) and a float32 log-sum-exp per head (4 heads);
+    - the MLP keeps gate, SiLU(gate) and up (3 a f), and their product (a f) when down_proj is trainable;
+    - a LoRA target whose adapter dtype differs from the compute dtype keeps its own copy of its input in the
+      adapter dtype (adapter_bytes x in; with the same dtype it shares the input above), and A's output
+      (adapter_bytes x rank). LoRA dropout would add a mask per target (not counted).
+    With gradient checkpointing only each layer's input (a d) is kept, and one layer is recomputed at a time.
+    After the layers: the final norm, and the float32 log-softmax of the loss (4 V). While the backward pass
+    starts, the logits (a V, held by the model's output) and one float32 gradient of them (4 V) are alive too;
+    QLoRA also dequantizes one weight matrix at a time to the compute dtype.
+    """
+    method = _check_choice(method, METHODS, "method")
+    tokens = batch_size * seq_len
+    d, f, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    e = head_dim(config)
+    q, kv, h = config.num_attention_heads * e, config.num_key_value_heads * e, config.num_attention_heads
+    a = compute_bytes
+    full = method in ("full", "full-mixed")
+    trained = set(LINEAR_KINDS) if full else set(_check_targets(targets))
+    shapes = linear_shapes(config)
+    copies = not full and adapter_bytes != a  # PEFT casts each target's input to the adapter dtype
+
+    def norm(read_by: set[str]) -> int:
+        reads = bool(trained & read_by) and not copies
+        return 4 * d + 4 + (a * d if full else 0) + (a * d if reads else 0)
+
+    layer = norm({"q_proj", "k_proj", "v_proj"}) + norm({"gate_proj", "up_proj"})
+    layer += a * (2 * q + 2 * kv) + 4 * h
+    layer += 3 * a * f + (a * f if "down_proj" in trained and not copies else 0)
+    if not full:
+        layer += sum((adapter_bytes * shapes[k][0] if copies else 0) + adapter_bytes * rank for k in trained)
+    if gradient_checkpointing:
+        parts = {"layer inputs (checkpoints)": config.num_hidden_layers * a * d, "one recomputed layer": layer}
+    else:
+        parts = {"decoder layers": config.num_hidden_layers * layer}
+    parts["rotary cos/sin, final norm, loss"] = 2 * a * e + norm(set()) + 4 * V
+    parts["logits and their gradient"] = (a + 4) * V
+    out = {name: tokens * nbytes for name, nbytes in parts.items()}
+    if method == "qlora":
+        out["one dequantized weight"] = a * max(i * o for i, o in shapes.values())
+    return out
+
+
+@dataclass
+class TrainingMemory:
+    """A training-memory estimate in bytes, by part, with the GPUs it fits."""
+
+    method: str
+    weights: int  # the model being trained (frozen base, or all weights), as stored
+    adapter: int  # LoRA matrices (0 for full fine-tuning)
+    gradients: int
+    optimizer: int
+    activations: int
+    trainable_params: int
+    settings: dict = field(default_factory=dict)
+    activation_parts: dict = field(default_factory=dict)
+    config: LlamaConfig | None = field(default=None, repr=False)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.adapter + self.gradients + self.optimizer + self.activations
+
+    def parts(self) -> dict[str, int]:
+        """The parts of the stacked bar, in bytes."""
+        return {"weights": self.weights, "LoRA adapter": self.adapter, "gradients": self.gradients,
+                "optimizer states": self.optimizer, "activations": self.activations}
+
+    def fits(self, gpu: str, headroom: float = HEADROOM) -> bool:
+        """Whether the total fits in the GPU's memory, keeping `headroom` of it free."""
+        return self.total <= GPUS[gpu] * 1e9 * (1 - headroom)
+
+    def fitting_gpus(self) -> list[str]:
+        return [g for g in GPUS if self.fits(g)]
+
+    def verdict(self) -> str:
+        """One sentence: the total and which GPUs it fits."""
+        fits = self.fitting_gpus()
+        where = f"fits on {', '.join(fits)}" if fits else "fits on none of " + ", ".join(GPUS)
+        return f"About {self.total / 1e9:.1f} GB in total; {where} (keeping {HEADROOM:.0%} free)."
+
+    def suggestion(self, gpu: str = "T4") -> str:
+        """What to change so that this run fits `gpu` (empty when it already fits)."""
+        return suggest(self, gpu)
+
+
+def training_memory(config: LlamaConfig, method: str = "qlora", rank: int = 16, targets=("q_proj", "v_proj"),
+                    batch_size: int = 1, seq_len: int = 512, gradient_checkpointing: bool = True,
+                    optimizer: str = "adamw", compute_dtype: str = "bf16", adapter_dtype: str = "fp32",
+                    double_quant: bool = True) -> TrainingMemory:
+    """Estimate the memory of one training step, by part.
+
+    method: "full" (fp32 weights, gradients and AdamW), "full-mixed" (16-bit weights and gradients, fp32
+    master weights and AdamW moments, as in the ZeRO paper), "lora" (frozen 16-bit base + adapters) or
+    "qlora" (frozen NF4 base + adapters). `rank` and `targets` (module names such as "q_proj", or "all")
+    describe the adapters; `compute_dtype` is the 16-bit type of activations and unquantized weights;
+    `adapter_dtype` is the adapters' storage (PEFT keeps them in fp32 by default).
+    """
+    method = _check_choice(method, METHODS, "method")
+    _check_choice(compute_dtype, tuple(FLOAT_BYTES), "compute_dtype")
+    _check_choice(adapter_dtype, tuple(FLOAT_BYTES), "adapter_dtype")
+    for name, value in (("rank", rank), ("batch_size", batch_size), ("seq_len", seq_len)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
+    targets = _check_targets(targets) if method in ("lora", "qlora") else tuple(LINEAR_KINDS)
+    settings = dict(method=method, rank=rank, targets=targets, batch_size=batch_size, seq_len=seq_len,
+                    gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, compute_dtype=compute_dtype,
+                    adapter_dtype=adapter_dtype, double_quant=double_quant)
+    if method == "full":
+        compute_dtype = "fp32"
+    a = FLOAT_BYTES[compute_dtype]
+    if method in ("full", "full-mixed"):
+        b = param_breakdown(config)
+        sizes = ([b.embeddings, b.lm_head] + [i * o for i, o in linear_shapes(config).values()] * config.num_hidden_layers
+                 + [config.hidden_size] * (2 * config.num_hidden_layers + 1))
+        sizes = [n for n in sizes if n]
+        n_train = sum(sizes)
+        weights = weight_bytes(config, compute_dtype)
+        gradients = n_train * a
+        master = 4 * n_train if method == "full-mixed" else 0  # fp32 copy the optimizer updates
+        opt = master + optimizer_bytes(sizes, optimizer, state_bytes=4)
+        adapter = 0
+    else:
+        sizes = [r * c for r, c in lora_shapes(config, rank, targets)]
+        n_train = sum(sizes)
+        weights = (weight_bytes(config, "nf4", double_quant, unquantized=compute_dtype) if method == "qlora"
+                   else weight_bytes(config, compute_dtype))
+        adapter = n_train * FLOAT_BYTES[adapter_dtype]
+        gradients = adapter
+        opt = optimizer_bytes(sizes, optimizer, state_bytes=FLOAT_BYTES[adapter_dtype])
+    acts = activation_bytes(config, batch_size, seq_len, method, targets, rank, gradient_checkpointing,
+                            compute_bytes=a, adapter_bytes=FLOAT_BYTES[adapter_dtype])
+    return TrainingMemory(method, weights, adapter, gradients, opt, sum(acts.values()), n_train, settings, acts, config)
+
+
+def suggested_settings(estimate: TrainingMemory, gpu: str = "T4") -> tuple[list[str], dict] | None:
+    """The fewest changes, from a short ladder of levers, that make the estimate fit `gpu`.
+
+    Returns (the changes in words, the `training_memory` keyword arguments that fit), ([], the current
+    settings) when it already fits, or None when even the whole ladder does not fit.
+    """
+    if gpu not in GPUS:
+        raise ValueError(f"Unknown GPU {gpu!r}; choose one of {', '.join(GPUS)}.")
+    s, config = dict(estimate.settings), estimate.config
+    if config is None:
+        raise ValueError("This estimate has no config; make it with training_memory(config, ...).")
+    if estimate.fits(gpu):
+        return [], s
+    ladder = []  # the biggest levers first
+    if not s["gradient_checkpointing"]:
+        ladder.append(("turn on gradient checkpointing", {"gradient_checkpointing": True}))
+    if s["method"] in ("full", "full-mixed"):
+        if s["optimizer"] == "adamw":
+            ladder.append(("use 8-bit AdamW", {"optimizer": "adamw-8bit"}))
+        ladder.append(("train a LoRA adapter instead of all weights", {"method": "lora"}))
+        ladder.append(("train a QLoRA adapter (LoRA on a frozen NF4 base)", {"method": "qlora"}))
+    if s["method"] == "lora":
+        ladder.append(("store the frozen base in NF4 (QLoRA)", {"method": "qlora"}))
+    for bs in (s["batch_size"] // 2, s["batch_size"] // 4, 1):
+        if 1 <= bs < s["batch_size"] and all(c.get("batch_size") != bs for _, c in ladder):
+            ladder.append((f"lower the batch size to {bs} (gradient accumulation keeps the effective batch)",
+                           {"batch_size": bs}))
+    for sl in (s["seq_len"] // 2, s["seq_len"] // 4):
+        if sl >= 64:
+            ladder.append((f"shorten the sequences to {sl} tokens", {"seq_len": sl}))
+
+    def apply(steps):
+        settings = dict(s)
+        for _, change in steps:
+            settings.update(change)
+        return settings
+
+    chosen: list[tuple[str, dict]] = []
+    for step in ladder:  # walk down the ladder until it fits ...
+        chosen.append(step)
+        if training_memory(config, **apply(chosen)).fits(gpu):
+            break
+    else:
+        return None
+    for step in list(chosen[:-1]):  # ... then drop the steps it does not need
+        trial = [c for c in chosen if c is not step]
+        if training_memory(config, **apply(trial)).fits(gpu):
+            chosen = trial
+    return [words for words, _ in chosen], apply(chosen)
+
+
+def suggest(estimate: TrainingMemory, gpu: str = "T4") -> str:
+    """A sentence saying what to change so that the estimate fits `gpu` ("" when it already fits)."""
+    found = suggested_settings(estimate, gpu)
+    if found is None:
+        return (f"It does not fit on the {gpu} even with gradient checkpointing, QLoRA, batch size 1 and shorter "
+                "sequences; choose a smaller model or a bigger GPU.")
+    steps, settings = found
+    if not steps:
+        return ""
+    total = training_memory(estimate.config, **settings).total
+    return f"To fit on the {gpu}: " + "; ".join(steps) + f" (about {total / 1e9:.1f} GB)."
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
+    return value.lower()
+
+
+def _check_targets(targets) -> tuple[str, ...]:
+    if targets == "all" or targets == "all-linear":
+        return tuple(LINEAR_KINDS)
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",")]
+    targets = tuple(targets)
+    bad = [t for t in targets if t not in LINEAR_KINDS]
+    if bad or not targets:
+        raise ValueError(f"Unknown LoRA target(s) {bad or targets}; choose from {', '.join(LINEAR_KINDS)} or 'all'.")
+    return targets

@@ -1,0 +1,154 @@
+"""Knobs to turn in class: ipywidgets calculators whose logic is plain Python (tested without a browser).
+
+Works with ipywidgets 7.7.1 (Colab) and 8.x: only Dropdown, SelectMultiple, Checkbox, HTML, Output, HBox and
+VBox are used, each observed through `observe(..., names="value")`.
+
+- `MemoryCalculator` (notebook 02): model, method, precision, LoRA rank and targets, batch size, sequence length,
+  gradient checkpointing and optimizer -> a stacked bar of the training memory against the GPUs, the verdict
+  and a suggestion.
+"""
+
+from __future__ import annotations
+
+import html
+
+import matplotlib.pyplot as plt
+
+from course_utils.configs import known_names, load_config
+from course_utils.memory import GPUS, HEADROOM, METHODS, OPTIMIZERS, TrainingMemory, training_memory
+from course_utils.params import LINEAR_KINDS
+
+PART_COLORS = {"weights": "#6baed6", "LoRA adapter": "#fd8d3c", "gradients": "#fdd0a2",
+               "optimizer states": "#9e9ac8", "activations": "#a1d99b"}
+METHOD_LABELS = {"full": "full fine-tuning, fp32", "full-mixed": "full fine-tuning, mixed precision",
+                 "lora": "LoRA (16-bit base)", "qlora": "QLoRA (NF4 base)"}
+
+
+def draw_memory_bars(estimates: dict[str, TrainingMemory], ax=None, gpus: dict[str, float] | None = None,
+                     title: str = "Training memory, by part", log: bool = False):
+    """One stacked bar per estimate (weights, adapter, gradients, optimizer states, activations), in GB,
+    with the GPUs' memory drawn as dashed lines, up to the first GPU the tallest bar fits on."""
+    gpus = GPUS if gpus is None else gpus
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(9.5, 5))
+    labels = list(estimates)
+    bottoms = [0.0] * len(labels)
+    for part, color in PART_COLORS.items():
+        heights = [estimates[k].parts()[part] / 1e9 for k in labels]
+        ax.bar(labels, heights, bottom=bottoms, color=color, edgecolor="#555555", lw=0.5, label=part,
+               width=0.6 if len(labels) > 1 else 0.4)
+        bottoms = [b + h for b, h in zip(bottoms, heights)]
+    for total, x in zip(bottoms, range(len(labels))):
+        ax.text(x, total, f"{total:,.1f} GB", ha="center", va="bottom", fontsize=9)
+    sizes: dict[float, list[str]] = {}
+    for name, gb in gpus.items():
+        sizes.setdefault(gb, []).append(name)
+    tallest = max(bottoms)
+    # Show the GPUs up to the first one the tallest bar fits on, so that small bars stay readable.
+    top = tallest if log else max(tallest, min([gb for gb in sizes if gb >= tallest], default=max(sizes)))
+    for gb, names in sizes.items():  # the GPUs as dashed lines, named to the right of the axes
+        if gb <= top:
+            ax.axhline(gb, color="#cb181d", ls="--", lw=0.9)
+            ax.text(1.01, gb, f"{gb:g} GB: " + " / ".join(names), color="#cb181d", fontsize=8, va="center",
+                    transform=ax.get_yaxis_transform())
+    ax.set_xlim(-0.7, len(labels) - 0.3)
+    if log:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(0, top * 1.12)
+    ax.set_ylabel("memory (GB = 10^9 bytes)")
+    ax.set_title(title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16 if len(labels) > 1 and any("\n" in x for x in labels)
+                                                   else -0.09), ncol=len(PART_COLORS), fontsize=8, frameon=False)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+class MemoryCalculator:
+    """The training-memory calculator of notebook 02. `show()` displays it; `update()` recomputes.
+
+    `estimate` (a TrainingMemory), `figure`, `verdict` and `suggestion` hold the current state, so a test can
+    set a widget's value and check what was computed and drawn.
+    """
+
+    def __init__(self, model: str = "llama-3.1-8b", method: str = "qlora", precision: str = "bf16", rank: int = 16,
+                 targets=("q_proj", "k_proj", "v_proj", "o_proj"), batch_size: int = 1, seq_len: int = 1024,
+                 gradient_checkpointing: bool = True, optimizer: str = "adamw", gpu: str = "T4"):
+        import ipywidgets as w
+
+        style = {"description_width": "130px"}
+        self.widgets = {
+            "model": w.Dropdown(options=[n for n in known_names()], value=model, description="model", style=style),
+            "method": w.Dropdown(options=[(METHOD_LABELS[m], m) for m in METHODS], value=method,
+                                 description="method", style=style),
+            "precision": w.Dropdown(options=["bf16", "fp16"], value=precision, description="compute precision",
+                                    style=style),
+            "rank": w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64, 128, 256], value=rank, description="LoRA rank r",
+                               style=style),
+            "targets": w.SelectMultiple(options=list(LINEAR_KINDS), value=tuple(targets), rows=7,
+                                        description="LoRA targets", style=style),
+            "batch_size": w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64], value=batch_size, description="batch size",
+                                     style=style),
+            "seq_len": w.Dropdown(options=[128, 256, 512, 1024, 2048, 4096, 8192], value=seq_len,
+                                  description="sequence length", style=style),
+            "gradient_checkpointing": w.Checkbox(value=gradient_checkpointing, description="gradient checkpointing",
+                                                 indent=False),
+            "optimizer": w.Dropdown(options=list(OPTIMIZERS), value=optimizer, description="optimizer", style=style),
+            "gpu": w.Dropdown(options=list(GPUS), value=gpu, description="suggest for GPU", style=style),
+        }
+        self.verdict_box = w.HTML()
+        self.output = w.Output()
+        self.estimate: TrainingMemory | None = None
+        self.figure = None
+        self.verdict = self.suggestion = ""
+        for widget in self.widgets.values():
+            widget.observe(lambda _change: self.update(), names="value")
+        self.update()
+
+    def settings(self) -> dict:
+        """The widgets' values as `training_memory` keyword arguments."""
+        v = {name: widget.value for name, widget in self.widgets.items()}
+        return dict(method=v["method"], rank=v["rank"], targets=tuple(v["targets"]),
+                    batch_size=v["batch_size"], seq_len=v["seq_len"],
+                    gradient_checkpointing=v["gradient_checkpointing"], optimizer=v["optimizer"],
+                    compute_dtype=v["precision"])
+
+    def update(self) -> None:
+        """Recompute the estimate, redraw the chart and rewrite the verdict from the widgets' values."""
+        name, gpu = self.widgets["model"].value, self.widgets["gpu"].value
+        lora = self.widgets["method"].value in ("lora", "qlora")
+        self.widgets["rank"].disabled = self.widgets["targets"].disabled = not lora
+        self.widgets["precision"].disabled = self.widgets["method"].value == "full"  # plain fp32 training
+        if lora and not self.widgets["targets"].value:
+            self.verdict_box.value = "<b>Pick at least one LoRA target module</b> (Ctrl or Cmd + click picks several)."
+            return
+        self.estimate = training_memory(load_config(name), **self.settings())
+        self.verdict = self.estimate.verdict()
+        self.suggestion = self.estimate.suggestion(gpu)
+        if self.figure is not None:
+            plt.close(self.figure)
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        draw_memory_bars({METHOD_LABELS[self.estimate.method]: self.estimate}, ax=ax,
+                         title=f"{name}: training memory by part")
+        self.figure = fig
+        fits = self.estimate.fits(gpu)
+        color = "#238b45" if fits else "#cb181d"
+        note = self.suggestion or f"It fits on the {gpu} (keeping {HEADROOM:.0%} free)."
+        self.verdict_box.value = (f"<b style='color:{color}'>{html.escape(self.verdict)}</b><br>"
+                                  f"{html.escape(note)}<br><small>{self.parts_text()}</small>")
+        self.output.clear_output(wait=True)
+        with self.output:
+            from IPython.display import display
+            display(fig)
+        plt.close(fig)  # shown through the Output widget only, not a second time by the notebook's backend
+
+    def parts_text(self) -> str:
+        """The estimate's parts in GB, one line."""
+        return " · ".join(f"{k} {v / 1e9:.2f} GB" for k, v in self.estimate.parts().items())
+
+    def show(self):
+        """Display the calculator: knobs on the left, chart and verdict on the right."""
+        import ipywidgets as w
+        from IPython.display import display
+        knobs = w.VBox(list(self.widgets.values()))
+        display(w.HBox([knobs, w.VBox([self.output, self.verdict_box])]))

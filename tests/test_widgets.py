@@ -1,0 +1,72 @@
+"""The memory calculator's logic, without a browser: set the widgets' values, check what is computed and drawn."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from course_utils.configs import load_config  # noqa: E402
+from course_utils.memory import GPUS, training_memory  # noqa: E402
+from course_utils.widgets import MemoryCalculator, draw_memory_bars  # noqa: E402
+
+
+def drawn_total_gb(fig) -> float:
+    """Top of the stacked bar, read back from the drawn rectangles."""
+    ax = fig.axes[0]
+    return sum(patch.get_height() for patch in ax.patches)
+
+
+def test_default_state_is_training_memory_of_its_settings():
+    calc = MemoryCalculator()
+    expected = training_memory(load_config(calc.widgets["model"].value), **calc.settings())
+    assert calc.estimate.parts() == expected.parts()
+    assert drawn_total_gb(calc.figure) == pytest.approx(expected.total / 1e9)
+    assert calc.verdict == expected.verdict()
+    gpu_lines = {round(line.get_ydata()[0], 6) for line in calc.figure.axes[0].lines}
+    smallest_fit = min(gb for gb in GPUS.values() if gb * 1e9 >= expected.total)
+    assert gpu_lines == {float(gb) for gb in GPUS.values() if gb <= smallest_fit}
+
+
+def test_turning_knobs_recomputes_and_redraws():
+    calc = MemoryCalculator(model="llama-3.1-8b", method="qlora", rank=16, batch_size=1, seq_len=1024)
+    before = calc.estimate
+    calc.widgets["rank"].value = 64
+    assert calc.estimate.adapter == 4 * before.adapter
+    calc.widgets["batch_size"].value = 8
+    assert calc.estimate.activations > before.activations
+    calc.widgets["gradient_checkpointing"].value = False
+    assert calc.estimate.settings["gradient_checkpointing"] is False
+    calc.widgets["model"].value = "llama-3.1-70b"
+    expected = training_memory(load_config("llama-3.1-70b"), **calc.settings())
+    assert calc.estimate.total == expected.total
+    assert drawn_total_gb(calc.figure) == pytest.approx(expected.total / 1e9)
+    assert "llama-3.1-70b" in calc.figure.axes[0].get_title()
+
+
+def test_full_fine_tuning_of_the_8b_gets_a_suggestion_that_fits():
+    calc = MemoryCalculator(model="llama-3.1-8b", method="qlora", gpu="T4")
+    calc.widgets["method"].value = "full"
+    assert calc.widgets["rank"].disabled and calc.widgets["targets"].disabled and calc.widgets["precision"].disabled
+    assert not calc.estimate.fits("T4")
+    assert calc.suggestion.startswith("To fit on the T4")
+    assert "To fit on the T4" in calc.verdict_box.value and "color:#cb181d" in calc.verdict_box.value
+    calc.widgets["gpu"].value = "H100"
+    assert calc.suggestion.startswith("To fit on the H100")
+
+
+def test_no_target_module_asks_for_one_instead_of_failing():
+    calc = MemoryCalculator(method="lora")
+    calc.widgets["targets"].value = ()
+    assert "Pick at least one" in calc.verdict_box.value
+    calc.widgets["targets"].value = ("q_proj", "v_proj")
+    assert calc.estimate.settings["targets"] == ("q_proj", "v_proj")
+
+
+def test_draw_memory_bars_stacks_every_part():
+    config = load_config("llama-3.2-1b")
+    estimates = {m: training_memory(config, m) for m in ("full", "lora", "qlora")}
+    fig = draw_memory_bars(estimates)
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert sum(heights) == pytest.approx(sum(e.total for e in estimates.values()) / 1e9)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(estimates)
