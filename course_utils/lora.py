@@ -343,50 +343,6 @@ def get_lora_model(model: nn.Module, config):
         raise ValueError(plain) from None
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The picture: W and its adapter pair, to scale
-# ----------------------------------------------------------------------------------------------------------
-
-def draw_lora_to_scale(in_features: int, out_features: int, r: int, name: str = "W", ax=None):
-    """The frozen W (out x in) beside B (out x r) and A (r x in), every side drawn to the same scale.
-
-    B and A sit as in a matrix product: B to the left of the (dashed) out x in area that B A would fill, A above it.
-    The patches carry labels "W", "B", "A" and "B A" so tests can measure them.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    check_rank_alpha(r, 1)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(10, 4.6))
-    unit = 1.0 / max(in_features, out_features)  # one row or column, in drawing units
-    w, h, thin = in_features * unit, out_features * unit, r * unit
-    gap, pad = 0.3, 0.03
-    xb = w + gap                  # B's left edge
-    xp = xb + thin + pad          # the product area's left edge
-    ya = h + pad                  # A's bottom edge
-    orange = "#e6550d"
-    ax.add_patch(Rectangle((0, 0), w, h, fc="#9ecae1", ec="#333333", lw=0.8, label="W"))
-    ax.add_patch(Rectangle((xb, 0), thin, h, fc=orange, ec=orange, lw=0.6, label="B"))
-    ax.add_patch(Rectangle((xp, ya), w, thin, fc=orange, ec=orange, lw=0.6, label="A"))
-    ax.add_patch(Rectangle((xp, 0), w, h, fc="none", ec="#999999", lw=1, ls="--", label="B A"))
-    ax.text(w / 2, h / 2, f"{name}  (frozen)\n{out_features:,} x {in_features:,}\n= {in_features * out_features:,} numbers",
-            ha="center", va="center", fontsize=10)
-    ax.text(w + gap / 2, h / 2, "+", ha="center", va="center", fontsize=18)
-    ax.text(xb + thin / 2, -0.03, f"B\n{out_features:,} x {r}", ha="center", va="top", fontsize=9, color=orange)
-    ax.text(xp + w / 2, ya + thin + 0.02, f"A   {r} x {in_features:,}", ha="center", va="bottom", fontsize=9, color=orange)
-    trainable = r * (in_features + out_features)
-    ax.text(xp + w / 2, h / 2, f"B A has the shape of {name},\nbut only B and A are stored and trained:\n"
-            f"r (in + out) = {trainable:,} numbers\n= {trainable / (in_features * out_features):.2%} of {name}",
-            ha="center", va="center", fontsize=9, color="#a63603")
-    ax.set_xlim(-0.02, xp + w + 0.02)
-    ax.set_ylim(-0.2, ya + thin + 0.12)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    ax.set_title(f"W x + (alpha / r) B A x, drawn to scale: rank r = {r}", fontsize=11)
-    return ax
-
-
 def weights_bytes_on_disk(model_id: str) -> int | None:
     """Bytes of a model's weight files (*.safetensors, else *.bin): a local folder, or a Hub model already in the
     local cache (nothing is downloaded). None when the files can't be found."""

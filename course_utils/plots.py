@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from transformers import LlamaConfig
 
 from course_utils.architecture import size_summary
+from course_utils.lora import check_rank_alpha
+from course_utils.memory import GPUS, TrainingMemory
 
+PART_COLORS = {"weights": "#6baed6", "LoRA adapter": "#fd8d3c", "gradients": "#fdd0a2",
+               "optimizer states": "#9e9ac8", "activations": "#a1d99b"}
 COLORS = {"embed": "#f6d38b", "norm": "#c9e4ca", "attn": "#9ecae1", "mlp": "#fdae6b", "head": "#d4b9da", "io": "#eeeeee"}
 
 
@@ -75,10 +79,87 @@ def draw_llama_stack(config: LlamaConfig, title: str = "Llama", ax=None):
         if i:
             py, pk = right[i - 1][0], right[i - 1][2]
             _arrow(ax, xr, py + heights.get(pk, 0.55) / 2, xr, y - h / 2)
-    for y_from, y_to, frac in ((0.3, 3.62, -0.10), (3.78, 7.3, -0.16)):  # residual (skip) connections
-        ax.add_patch(FancyArrowPatch((xr + 2.3, y_from), (xr + 2.3, y_to), connectionstyle=f"bar,fraction={frac}",
-                                     arrowstyle="-|>", mutation_scale=10, color="#2b8cbe", lw=1.2))
-    ax.text(xr + 3.05, 5.3, "residual\nconnections", color="#2b8cbe", fontsize=8, ha="center", rotation=90)
+    for y_from, y_to, dx in ((0.3, 3.7, 0.35), (3.7, 7.3, 0.55)):  # residual (skip) connections
+        ax.plot([xr + 2.3, xr + 2.3 + dx, xr + 2.3 + dx], [y_from, y_from, y_to], color="#2b8cbe", lw=1.2)
+        _arrow(ax, xr + 2.3 + dx, y_to, xr + 2.3, y_to, color="#2b8cbe")
+    ax.text(xr + 3.2, 3.7, "residual\nconnections", color="#2b8cbe", fontsize=8, ha="center", rotation=90)
     ax.plot([x + 1.8, xr - 2.3], [4.0, 4.25], ls=":", color="#999999")
     ax.set_title(f"{title}: {s['layers']} decoder layers, hidden size {d:,}, vocabulary {v:,}", fontsize=11)
     return fig
+
+
+def draw_memory_bars(estimates: dict[str, TrainingMemory], ax=None, gpus: dict[str, float] | None = None,
+                     title: str = "Training memory, by part", log: bool = False):
+    """One stacked bar per estimate (weights, adapter, gradients, optimizer states, activations), in GB,
+    with the GPUs' memory drawn as dashed lines, up to the first GPU the tallest bar fits on."""
+    gpus = GPUS if gpus is None else gpus
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(9.5, 5))
+    labels = list(estimates)
+    bottoms = [0.0] * len(labels)
+    for part, color in PART_COLORS.items():
+        heights = [estimates[k].parts()[part] / 1e9 for k in labels]
+        ax.bar(labels, heights, bottom=bottoms, color=color, edgecolor="#555555", lw=0.5, label=part,
+               width=0.6 if len(labels) > 1 else 0.4)
+        bottoms = [b + h for b, h in zip(bottoms, heights)]
+    for total, x in zip(bottoms, range(len(labels))):
+        ax.text(x, total, f"{total:,.1f} GB", ha="center", va="bottom", fontsize=9)
+    sizes: dict[float, list[str]] = {}
+    for name, gb in gpus.items():
+        sizes.setdefault(gb, []).append(name)
+    tallest = max(bottoms)
+    # Show the GPUs up to the first one the tallest bar fits on, so that small bars stay readable.
+    top = tallest if log else max(tallest, min([gb for gb in sizes if gb >= tallest], default=max(sizes)))
+    for gb, names in sizes.items():  # the GPUs as dashed lines, named to the right of the axes
+        if gb <= top:
+            ax.axhline(gb, color="#cb181d", ls="--", lw=0.9)
+            ax.text(1.01, gb, f"{gb:g} GB: " + " / ".join(names), color="#cb181d", fontsize=8, va="center",
+                    transform=ax.get_yaxis_transform())
+    ax.set_xlim(-0.7, len(labels) - 0.3)
+    if log:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(0, top * 1.12)
+    ax.set_ylabel("memory (GB = 10^9 bytes)")
+    ax.set_title(title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16 if len(labels) > 1 and any("\n" in x for x in labels)
+                                                   else -0.09), ncol=len(PART_COLORS), fontsize=8, frameon=False)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def draw_lora_to_scale(in_features: int, out_features: int, r: int, name: str = "W", ax=None):
+    """The frozen W (out x in) beside B (out x r) and A (r x in), every side drawn to the same scale.
+
+    B and A sit as in a matrix product: B to the left of the (dashed) out x in area that B A would fill, A above it.
+    The patches carry labels "W", "B", "A" and "B A" so tests can measure them.
+    """
+    check_rank_alpha(r, 1)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 4.6))
+    unit = 1.0 / max(in_features, out_features)  # one row or column, in drawing units
+    w, h, thin = in_features * unit, out_features * unit, r * unit
+    gap, pad = 0.3, 0.03
+    xb = w + gap                  # B's left edge
+    xp = xb + thin + pad          # the product area's left edge
+    ya = h + pad                  # A's bottom edge
+    orange = "#e6550d"
+    ax.add_patch(Rectangle((0, 0), w, h, fc="#9ecae1", ec="#333333", lw=0.8, label="W"))
+    ax.add_patch(Rectangle((xb, 0), thin, h, fc=orange, ec=orange, lw=0.6, label="B"))
+    ax.add_patch(Rectangle((xp, ya), w, thin, fc=orange, ec=orange, lw=0.6, label="A"))
+    ax.add_patch(Rectangle((xp, 0), w, h, fc="none", ec="#999999", lw=1, ls="--", label="B A"))
+    ax.text(w / 2, h / 2, f"{name}  (frozen)\n{out_features:,} x {in_features:,}\n= {in_features * out_features:,} numbers",
+            ha="center", va="center", fontsize=10)
+    ax.text(w + gap / 2, h / 2, "+", ha="center", va="center", fontsize=18)
+    ax.text(xb + thin / 2, -0.03, f"B\n{out_features:,} x {r}", ha="center", va="top", fontsize=9, color=orange)
+    ax.text(xp + w / 2, ya + thin + 0.02, f"A   {r} x {in_features:,}", ha="center", va="bottom", fontsize=9, color=orange)
+    trainable = r * (in_features + out_features)
+    ax.text(xp + w / 2, h / 2, f"B A has the shape of {name},\nbut only B and A are stored and trained:\n"
+            f"r (in + out) = {trainable:,} numbers\n= {trainable / (in_features * out_features):.2%} of {name}",
+            ha="center", va="center", fontsize=9, color="#a63603")
+    ax.set_xlim(-0.02, xp + w + 0.02)
+    ax.set_ylim(-0.2, ya + thin + 0.12)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(f"W x + (alpha / r) B A x, drawn to scale: rank r = {r}", fontsize=11)
+    return ax

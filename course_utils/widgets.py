@@ -17,51 +17,10 @@ import matplotlib.pyplot as plt
 from course_utils.configs import known_names, load_config
 from course_utils.memory import GPUS, HEADROOM, METHODS, OPTIMIZERS, TrainingMemory, training_memory
 from course_utils.params import LINEAR_KINDS
+from course_utils.plots import draw_memory_bars
 
-PART_COLORS = {"weights": "#6baed6", "LoRA adapter": "#fd8d3c", "gradients": "#fdd0a2",
-               "optimizer states": "#9e9ac8", "activations": "#a1d99b"}
 METHOD_LABELS = {"full": "full fine-tuning, fp32", "full-mixed": "full fine-tuning, mixed precision",
                  "lora": "LoRA (16-bit base)", "qlora": "QLoRA (NF4 base)"}
-
-
-def draw_memory_bars(estimates: dict[str, TrainingMemory], ax=None, gpus: dict[str, float] | None = None,
-                     title: str = "Training memory, by part", log: bool = False):
-    """One stacked bar per estimate (weights, adapter, gradients, optimizer states, activations), in GB,
-    with the GPUs' memory drawn as dashed lines, up to the first GPU the tallest bar fits on."""
-    gpus = GPUS if gpus is None else gpus
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(9.5, 5))
-    labels = list(estimates)
-    bottoms = [0.0] * len(labels)
-    for part, color in PART_COLORS.items():
-        heights = [estimates[k].parts()[part] / 1e9 for k in labels]
-        ax.bar(labels, heights, bottom=bottoms, color=color, edgecolor="#555555", lw=0.5, label=part,
-               width=0.6 if len(labels) > 1 else 0.4)
-        bottoms = [b + h for b, h in zip(bottoms, heights)]
-    for total, x in zip(bottoms, range(len(labels))):
-        ax.text(x, total, f"{total:,.1f} GB", ha="center", va="bottom", fontsize=9)
-    sizes: dict[float, list[str]] = {}
-    for name, gb in gpus.items():
-        sizes.setdefault(gb, []).append(name)
-    tallest = max(bottoms)
-    # Show the GPUs up to the first one the tallest bar fits on, so that small bars stay readable.
-    top = tallest if log else max(tallest, min([gb for gb in sizes if gb >= tallest], default=max(sizes)))
-    for gb, names in sizes.items():  # the GPUs as dashed lines, named to the right of the axes
-        if gb <= top:
-            ax.axhline(gb, color="#cb181d", ls="--", lw=0.9)
-            ax.text(1.01, gb, f"{gb:g} GB: " + " / ".join(names), color="#cb181d", fontsize=8, va="center",
-                    transform=ax.get_yaxis_transform())
-    ax.set_xlim(-0.7, len(labels) - 0.3)
-    if log:
-        ax.set_yscale("log")
-    else:
-        ax.set_ylim(0, top * 1.12)
-    ax.set_ylabel("memory (GB = 10^9 bytes)")
-    ax.set_title(title)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16 if len(labels) > 1 and any("\n" in x for x in labels)
-                                                   else -0.09), ncol=len(PART_COLORS), fontsize=8, frameon=False)
-    ax.figure.tight_layout()
-    return ax.figure
 
 
 class MemoryCalculator:

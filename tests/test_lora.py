@@ -15,8 +15,10 @@ from transformers import LlamaConfig
 from course_utils.architecture import empty_model, num_params, random_model
 from course_utils.configs import known_names, load_config
 from course_utils.lora import (ATTENTION_TARGETS, LLAMA_TARGETS, MLP_TARGETS, LoRALinear, add_lora,
-                               draw_lora_to_scale, get_lora_model, linear_modules_by_kind, lora_config, lora_layers,
+                               get_lora_model, linear_modules_by_kind, lora_config, lora_layers,
                                lora_params, lora_summary, resolve_targets, target_kinds, target_module_table)
+
+from course_utils.plots import draw_lora_to_scale  # noqa: E402
 
 TINY = load_config("course-tiny")
 

@@ -8,7 +8,8 @@ import pytest  # noqa: E402
 
 from course_utils.configs import load_config  # noqa: E402
 from course_utils.memory import GPUS, training_memory  # noqa: E402
-from course_utils.widgets import MemoryCalculator, draw_memory_bars  # noqa: E402
+from course_utils.plots import draw_memory_bars  # noqa: E402
+from course_utils.widgets import MemoryCalculator  # noqa: E402
 
 
 def drawn_total_gb(fig) -> float:
