@@ -106,9 +106,8 @@ def bits_per_weight(precision: str, double_quant: bool = True, blocksize: int = 
         return 8.0 * FLOAT_BYTES[precision]
     if precision == "int8":
         return 8.0  # plus 32 bits per output row, which is 32 / in_features per weight
-    if double_quant:
-        return 4 + 8 / blocksize + 32 / (blocksize * NESTED_BLOCK)
-    return 4 + 32 / blocksize
+    from course_utils.quantization import nf4_bits_per_param
+    return nf4_bits_per_param(blocksize, double_quant, NESTED_BLOCK)
 
 
 def tensors_of(model) -> list:

@@ -244,7 +244,8 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
     if os.environ.get("COURSE_TEXT_PROGRESS") == "1":
         hf_logging.disable_progress_bar()
     four_bit = profile.load_in_4bit if four_bit is None else four_bit
-    if four_bit and (problem := bitsandbytes_problem()):
+    from course_utils.quantization import four_bit_problem  # it imports this module, so import it here
+    if four_bit and (problem := four_bit_problem(profile.device)):
         print(f"Loading without 4-bit: {problem}.")
         four_bit = False
     if profile.name == "offline" and not Path(profile.model_id).is_dir():
