@@ -25,8 +25,10 @@ import torch
 # The task: slot values, request templates, the record format
 # ----------------------------------------------------------------------------------------------------------
 
-FIELDS = ("what", "who", "day", "time", "place")
-KINDS = ("call", "meeting", "lunch", "dinner", "coffee", "review", "demo", "workshop")
+# A record's keys are the little words that introduce each detail in plain English ("for lunch", "with Maria",
+# "on Tuesday", "at 3 pm", "in Paris"); its values are normalized: LUNCH, maria, Tue, 15:00, PAR.
+FIELDS = ("for", "with", "on", "at", "in")
+KINDS = ("lunch", "dinner", "coffee", "drinks", "tea", "brunch", "tennis", "chess")
 NAMES = ("Maria", "Tom", "Aisha", "Kenji", "Lucas", "Priya", "Omar", "Elena")
 PLACES = ("Paris", "Berlin", "Lisbon", "Rome", "Oslo", "Tokyo", "Lima", "Cairo")
 CITY_CODES = {"Paris": "PAR", "Berlin": "BER", "Lisbon": "LIS", "Rome": "ROM", "Oslo": "OSL", "Tokyo": "TYO",
@@ -35,26 +37,21 @@ DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sun
 HOURS = tuple(range(8, 19))  # 8 am ... 6 pm, 24-hour clock
 MINUTES = (0, 30)
 
-# How people write a request: the order and the words around the details vary, but as in plain English a
-# detail follows its little word: "a lunch", "with Maria", "in Paris", "on Tuesday", "at 3:30 pm".
-# {a_what} is "a lunch", {what} is "lunch", {time} is the 12-hour clock ("3:30 pm", "9 am", "noon").
+# How people write a request: the order and the words around the details vary; {time} is the 12-hour clock
+# ("3:30 pm", "9 am", "noon").
 REQUEST_TEMPLATES = (
-    "Can you set up {a_what} with {who} in {place} on {day} at {time}?",
-    "Please book {a_what} with {who} on {day} at {time} in {place}.",
-    "On {day} at {time} I have {a_what} with {who} in {place}.",
-    "I am in {place} for {a_what} with {who} on {day} at {time}.",
-    "Remind me about the {what} with {who} in {place} on {day} at {time}.",
-    "Could we move the {what} with {who} in {place} to {day} at {time}?",
-    "In {place} on {day}, {a_what} with {who} at {time}, please.",
-    "Let's plan {a_what} in {place} with {who} on {day} at {time}.",
-    "Note {a_what} with {who} at {time} on {day} in {place}.",
-    "We need {a_what} with {who} in {place}, maybe on {day} at {time}.",
-    "Hi, I would like {a_what} with {who} on {day} at {time} in {place}.",
-    "Is {a_what} with {who} in {place} ok on {day} at {time}?",
-    "At {time} on {day} there is {a_what} with {who} in {place}.",
-    "Put {a_what} in the calendar on {day} at {time} with {who} in {place}.",
-    "Schedule the {what} on {day} with {who} at {time} in {place}.",
-    "There is {a_what} in {place} at {time} on {day} with {who}.",
+    "Can you block time for {what} with {who} in {place} on {day} at {time}?",
+    "Please book me for {what} with {who} on {day} at {time} in {place}.",
+    "On {day} at {time} I am out for {what} with {who} in {place}.",
+    "In {place} on {day} at {time}, I meet up for {what} with {who}.",
+    "Let's go for {what} with {who} in {place} on {day} at {time}.",
+    "Hi, I would like to meet for {what} with {who} on {day} at {time} in {place}.",
+    "At {time} on {day} I go for {what} with {who} in {place}.",
+    "Could you plan something for {what} with {who} at {time} on {day} in {place}?",
+    "Add me for {what} in {place} with {who} on {day} at {time}.",
+    "Is {day} at {time} free? I want to meet in {place} for {what} with {who}.",
+    "Save the date for {what} with {who}, in {place} on {day} at {time}.",
+    "We are in {place} on {day}, so book us for {what} at {time} with {who}.",
 )
 
 INSTRUCTION = "Turn the request into a calendar record."
@@ -75,20 +72,20 @@ def clock_24h(hour: int, minute: int) -> str:
 
 
 def format_record(record: dict) -> str:
-    """The record as one line, fields in a fixed order: "what: lunch | who: Maria | ..."."""
-    return " | ".join(f"{key}: {record[key]}" for key in FIELDS)
+    """The record as one line, fields in a fixed order: "for LUNCH | with maria | on Tue | at 15:30 | in PAR"."""
+    return " | ".join(f"{key} {record[key]}" for key in FIELDS)
 
 
 def parse_record(text: str) -> dict | None:
     """Read a record line back into a dict; None when the text is not a record with exactly our fields.
 
-    Only the first line counts (a model may keep talking after it). Whitespace around keys and values is ignored.
+    Only the first line counts (a model may keep talking after it). Each field is its key, a space, its value;
+    whitespace around fields is ignored.
     """
     line = text.strip().split("\n", 1)[0]
     record = {}
     for part in line.split("|"):
-        key, sep, value = part.partition(":")
-        key = key.strip()
+        key, sep, value = part.strip().partition(" ")
         if not sep or key not in FIELDS or key in record:
             return None
         record[key] = value.strip()
@@ -115,14 +112,14 @@ def random_slots(rng: random.Random) -> dict:
 
 
 def request_text(slots: dict, template: str) -> str:
-    return template.format(what=slots["what"], a_what="a " + slots["what"], who=slots["who"], day=slots["day"],
-                           place=slots["place"], time=slots["time12"])
+    return template.format(what=slots["what"], who=slots["who"], day=slots["day"], place=slots["place"],
+                           time=slots["time12"])
 
 
 def record_of(slots: dict) -> dict:
     """The record of an event: every value normalized (LUNCH, maria, Tue, 15:30, PAR)."""
-    return {"what": slots["WHAT"], "who": slots["handle"], "day": slots["Day"], "time": slots["time24"],
-            "place": slots["CODE"]}
+    return {"for": slots["WHAT"], "with": slots["handle"], "on": slots["Day"], "at": slots["time24"],
+            "in": slots["CODE"]}
 
 
 def make_example(rng: random.Random) -> dict:
@@ -155,7 +152,7 @@ def make_dataset(seed: int = DATASET_SEED, sizes: dict | None = None) -> dict[st
 
 
 DATASET_LICENSE = ("Generated by scripts/make_dataset.py from word lists and templates in course_utils/data.py; "
-                   "the course's own data, released under CC0 1.0 (public domain dedication). "
+                   "the course's own data, released with the repository under the MIT license. "
                    "Names and places are random and refer to no real person or event.")
 
 
@@ -195,41 +192,18 @@ def load_split(split: str, folder: str | Path | None = None, limit: int | None =
 # Pretraining text for the course's small model: the skills the task builds on, never the task itself
 # ----------------------------------------------------------------------------------------------------------
 
-REPLY_TEMPLATES = (
-    "Done, {a_what} with {who} on {day} at {time24} in {place}.",
-    "OK, you have {a_what} in {place} on {day} at {time24} with {who}.",
-    "Booked {a_what} with {who} on {day} at {time24} in {place}.",
-    "Sure, at {time24} on {day} in {place} there is {a_what} with {who}.",
-    "Got it, {a_what} with {who} in {place} on {day} at {time24}.",
-)
-# Questions about one detail of a request, each naming the field it asks for, answered in a word.
-QUESTIONS = {"what": "what is it?", "who": "who is it with?", "day": "which day?", "time": "what time?",
-             "place": "which place?"}
-CALENDAR_HEADERS = ("Calendar export.", "My calendar for the week.", "Saved records.", "Calendar records.")
-CORPUS_MIX = {"log": 0.8, "calendar": 0.15, "request": 0.05}
-# The assistant's log: one line per request, in its own short notation (never the record's "key: value" syntax).
-LOG_TEMPLATES = (
-    "{WHAT} with {handle} on {Day} at {time24} in {CODE}.",
-    "{Day} {time24}: {WHAT} with {handle} in {CODE}.",
-    "{WHAT} in {CODE} with {handle}, {Day} at {time24}.",
-    "with {handle}: {WHAT} on {Day} at {time24} in {CODE}.",
-    "{CODE}, {Day} at {time24}: {WHAT} with {handle}.",
-)
-# Short notes name two or three details, each with its little word ("with Maria", "in Paris").
-PHRASES = {"what": "a {what}", "who": "with {who}", "place": "in {place}", "day": "on {day}", "time": "at {time}"}
+CORPUS_MIX = {"notes": 0.8, "request": 0.2}
 
 
 def pretraining_corpus(n_docs: int, seed: int = 7, exclude: Iterable[str] = ()) -> list[str]:
-    """Documents for the small model's pretraining, of four kinds (shares in CORPUS_MIX):
+    """Documents for the small model's pretraining, of two kinds (shares in CORPUS_MIX):
 
-    - reply: a request, then a reply that confirms it in a sentence (the time on the 24-hour clock);
-    - questions: a request, then two to four questions about single details, each answered in a word;
-    - calendar: records in the task's format, with random values that belong to no request;
+    - notes: a request, then a note on each of its five details in a random order, each its little word and
+      its normalized value ("Notes: at 15:30, in PAR, with maria, on Tue, for LUNCH.");
     - request: a request on its own.
-    So the model learns to read a request, to pick out any one detail, to convert a time, and what a record
-    looks like. No document ever puts a request next to a record: writing the record of a request, all
-    fields at once and in the record's syntax, is the task left to fine-tuning.
-    Requests in `exclude` (the dataset's) are never used.
+    So the model learns to read a request, to pick out any detail and to normalize it. It never sees a
+    calendar record (the details in one fixed order, between "|", after "Record:"): writing one is the task
+    left to fine-tuning. Requests in `exclude` (the dataset's) are never used.
     """
     rng = random.Random(seed)
     exclude = set(exclude)
@@ -237,35 +211,14 @@ def pretraining_corpus(n_docs: int, seed: int = 7, exclude: Iterable[str] = ()) 
     docs = []
     while len(docs) < n_docs:
         kind = rng.choices(kinds, weights)[0]
-        if kind == "calendar":
-            lines = [rng.choice(CALENDAR_HEADERS)]
-            for _ in range(rng.randint(1, 3)):
-                lines.append("Record: " + format_record(record_of(random_slots(rng))))
-            docs.append("\n".join(lines))
-            continue
         slots = random_slots(rng)
-        if kind == "short":  # "Request: Book a lunch on Tuesday.\nReply: Booked on Tuesday a lunch."
-            keys = rng.sample(FIELDS, rng.randint(2, 3))
-            said = " ".join(PHRASES[k].format(what=slots["what"], who=slots["who"], place=slots["place"],
-                                                day=slots["day"], time=slots["time12"]) for k in keys)
-            rng.shuffle(keys)
-            done = " ".join(PHRASES[k].format(what=slots["what"], who=slots["who"], place=slots["place"],
-                                                day=slots["day"], time=slots["time24"]) for k in keys)
-            docs.append(f"Request: Book {said}.\nReply: Booked {done}.")
-            continue
         request = request_text(slots, rng.choice(REQUEST_TEMPLATES))
         if request in exclude:
             continue
-        if kind == "log":
-            docs.append(f"Request: {request}\nLogged: " + rng.choice(LOG_TEMPLATES).format(**slots))
-        elif kind == "reply":
-            reply = rng.choice(REPLY_TEMPLATES).format(a_what="a " + slots["what"], **slots)
-            docs.append(f"Request: {request}\nReply: {reply}")
-        elif kind == "saved":  # the calendar app's log: a confirmation, then the record it saved
-            reply = rng.choice(REPLY_TEMPLATES).format(a_what="a " + slots["what"], **slots)
-            docs.append(f"Confirmation: {reply}\nRecord: {format_record(record_of(slots))}")
-        elif kind == "forward":
-            docs.append(f"Request: {request}\nForwarded: {request}")
+        if kind == "notes":
+            record = record_of(slots)
+            keys = rng.sample(FIELDS, len(FIELDS))  # every detail, in a random order
+            docs.append(f"Request: {request}\nNotes: " + ", ".join(f"{k} {record[k]}" for k in keys) + ".")
         else:
             docs.append(f"Request: {request}")
     return docs
@@ -372,43 +325,30 @@ class Batches:
     """Shuffled mini-batches of encoded examples, reproducible from (seed, epoch), endless over epochs.
 
     `batch(step)` gives the batch at any global step directly, so a resumed run sees exactly the batches
-    an uninterrupted run would have seen. With `bucket=k`, each window of k batches is sorted by length
-    before it is cut into batches (less padding; the pretraining script uses it).
+    an uninterrupted run would have seen.
     """
     features: list[dict]
     batch_size: int
     pad_id: int
     seed: int = 0
-    bucket: int = 0
 
     def __post_init__(self):
         if not self.features:
             raise ValueError("no examples to batch")
         self.per_epoch = max(1, len(self.features) // self.batch_size)  # drop the last partial batch
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self._order: tuple[int, list[int]] | None = None
 
     def order(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.features), generator=generator).tolist()
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The example indices of every batch of one epoch."""
-        if self._cache is None or self._cache[0] != epoch:
-            order, bs = self.order(epoch), self.batch_size
-            if self.bucket:
-                window = bs * self.bucket
-                length = lambda j: len(self.features[j]["input_ids"])  # noqa: E731
-                order = [j for w in range(0, len(order), window) for j in sorted(order[w:w + window], key=length)]
-            batches = [order[i * bs:(i + 1) * bs] for i in range(self.per_epoch)]
-            if self.bucket:
-                generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 1)
-                batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-            self._cache = (epoch, batches)
-        return self._cache[1]
+        """The example indices of one epoch, shuffled by (seed, epoch)."""
+        if self._order is None or self._order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.features), generator=generator).tolist())
+        return self._order[1]
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         epoch, i = divmod(step, self.per_epoch)
-        return pad_batch([self.features[j] for j in self.epoch_batches(epoch)[i]], self.pad_id)
+        idx = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        return pad_batch([self.features[j] for j in idx], self.pad_id)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         step = 0
@@ -432,6 +372,29 @@ def show_tokens(tokenizer, example: dict, max_length: int | None = None) -> list
     enc = encode_example(tokenizer, example, max_length)
     tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"])
     return [(t, i, lab != IGNORE_INDEX) for t, i, lab in zip(tokens, enc["input_ids"], enc["labels"])]
+
+
+def plot_loss_mask(tokenizer, example: dict, per_row: int = 14, ax=None):
+    """The tokens of an encoded example in reading order: grey = prompt (no loss), orange = graded by the loss."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    shown = show_tokens(tokenizer, example)
+    rows = (len(shown) + per_row - 1) // per_row
+    if ax is None:
+        _, ax = plt.subplots(figsize=(per_row * 0.95, rows * 0.55 + 0.6))
+    for i, (token, _, counted) in enumerate(shown):
+        r, c = divmod(i, per_row)
+        text = token.replace("Ġ", "␣").replace("Ċ", "\\n")
+        ax.add_patch(FancyBboxPatch((c + 0.05, -r - 0.4), 0.9, 0.8, boxstyle="round,pad=0.02",
+                                    color="tab:orange" if counted else "0.85"))
+        ax.text(c + 0.5, -r, text, ha="center", va="center", fontsize=8, family="monospace")
+    ax.set_xlim(0, per_row)
+    ax.set_ylim(-rows + 0.4, 0.6)
+    ax.axis("off")
+    n_loss = sum(counted for *_, counted in shown)
+    ax.set_title(f"{len(shown)} tokens; the loss grades the {n_loss} orange ones (the answer and EOS)", fontsize=10)
+    return ax
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -267,4 +267,18 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
         return load_model(_offline("loading the online model failed, so the course's own model is used."), four_bit, dtype)
     if not four_bit and profile.device != "cpu":
         model = model.to(profile.device)
+    if four_bit and profile.device == "cpu":
+        keep_standard_4bit_layout(model)
     return model.eval(), tokenizer
+
+
+def keep_standard_4bit_layout(model) -> None:
+    """Keep bitsandbytes' 4-bit weights in their standard layout on a CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a `Linear4bit`'s weight for a faster kernel at its first
+    inference forward, and undoes that only in part when the state dict is read (saving, merging): the outputs
+    then change after `save_pretrained`. The course's model is tiny, so it keeps the standard layout.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,12 +48,22 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def execute(path: Path, timeout: int = 120, retries: int = 1) -> tuple[nbformat.NotebookNode, float]:
-    """Run a notebook with a fresh kernel (at most `timeout` s a cell); returns it and its wall time in seconds."""
+def execute(path: Path, timeout: int = 300, retries: int = 1) -> tuple[nbformat.NotebookNode, float]:
+    """Run a notebook with a fresh kernel (at most `timeout` s a cell); returns it and its wall time in seconds.
+
+    Checkpoints and adapters the notebook saves go to a fresh temporary folder, so a run never resumes
+    from an earlier one's checkpoints.
+    """
+    with tempfile.TemporaryDirectory(prefix="course-run-") as scratch:
+        return _execute(path, timeout, retries, scratch)
+
+
+def _execute(path: Path, timeout: int, retries: int, scratch: str) -> tuple[nbformat.NotebookNode, float]:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}})
     old_env, kernel_env = dict(os.environ), offline_env()
+    kernel_env["COURSE_CHECKPOINT_ROOT"] = scratch
     os.environ.clear()
     os.environ.update(kernel_env)  # the kernel inherits this process's environment
     try:
@@ -65,7 +76,7 @@ def execute(path: Path, timeout: int = 120, retries: int = 1) -> tuple[nbformat.
             if retries <= 0:
                 raise
             print(f"{path.name}: a cell got no reply within {timeout} s; running the notebook again", flush=True)
-            return execute(path, timeout, retries - 1)
+            return _execute(path, timeout, retries - 1, scratch)
         seconds = time.perf_counter() - start
     finally:
         os.environ.clear()

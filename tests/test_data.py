@@ -26,17 +26,38 @@ def tokenizer():
 def test_clock_conversion():
     assert data.clock_12h(15, 30) == "3:30 pm" and data.clock_24h(15, 30) == "15:30"
     assert data.clock_12h(9, 0) == "9 am" and data.clock_24h(9, 0) == "09:00"
-    assert data.clock_12h(12, 0) == "noon" and data.clock_12h(12, 15) == "12:15 pm"
-    assert data.clock_12h(8, 45) == "8:45 am"
+    assert data.clock_12h(12, 0) == "noon" and data.clock_12h(12, 30) == "12:30 pm"
+    assert data.clock_12h(8, 30) == "8:30 am"
+
+
+@given(st.integers(0, 2**32 - 1))
+@settings(max_examples=200, deadline=None)
+def test_every_example_is_consistent(seed):
+    ex = data.make_example(random.Random(seed))
+    rec, request = ex["record"], ex["request"]
+    assert data.parse_record(ex["target"]) == rec
+    assert data.parse_record(data.make_answer(rec)) == rec
+    assert ex["target"] == " | ".join(f"{k} {rec[k]}" for k in data.FIELDS)
+    # every value is the normalized form of words of the request
+    assert rec["for"].isupper() and f"for {rec['for'].lower()}" in request
+    assert rec["with"].islower() and f"with {rec['with'].capitalize()}" in request
+    assert any(day.startswith(rec["on"]) and day in request for day in data.DAYS)
+    said = request.lower()  # a template may start with "At", "In" or "On"
+    assert any(code == rec["in"] and f"in {city.lower()}" in said for city, code in data.CITY_CODES.items())
+    hour, minute = map(int, rec["at"].split(":"))
+    assert f"at {data.clock_12h(hour, minute)}" in said
 
 
 def test_parse_record_rejects_non_records():
-    good = "what: lunch | who: Maria | day: Tuesday | time: 15:30 | place: Paris"
-    assert data.parse_record(good + "\nRecord: what: call") == data.parse_record(good)
-    assert data.parse_record(good.replace("place: Paris", "city: Paris")) is None
-    assert data.parse_record("what: lunch | who: Maria") is None
-    assert data.parse_record("Booked: a lunch with Maria") is None
-    assert data.parse_record(good + " | who: Tom") is None
+    good = "for LUNCH | with maria | on Tue | at 15:30 | in PAR"
+    expected = {"for": "LUNCH", "with": "maria", "on": "Tue", "at": "15:30", "in": "PAR"}
+    assert data.parse_record(good) == expected
+    assert data.parse_record(" " + good + "\nRecord: for TEA") == expected  # only the first line counts
+    assert data.parse_record(good.replace("in PAR", "city PAR")) is None
+    assert data.parse_record("for LUNCH | with maria") is None
+    assert data.parse_record("for LUNCH, with maria, on Tue, at 15:30, in PAR.") is None  # notes are no record
+    assert data.parse_record(good + " | with tom") is None
+    assert data.parse_record("for | with maria | on Tue | at 15:30 | in PAR") is None
 
 
 def test_splits_are_disjoint_and_reproducible():
@@ -46,6 +67,25 @@ def test_splits_are_disjoint_and_reproducible():
     requests = [ex["request"] for rows in a.values() for ex in rows]
     assert len(requests) == len(set(requests)) == sum(SMALL.values())
     assert data.make_dataset(seed=6, sizes=SMALL) != a
+
+
+def test_pretraining_corpus_never_shows_the_task():
+    splits = data.make_dataset(seed=1, sizes=SMALL)
+    exclude = {ex["request"] for rows in splits.values() for ex in rows}
+    docs = data.pretraining_corpus(500, seed=3, exclude=exclude)
+    assert docs == data.pretraining_corpus(500, seed=3, exclude=exclude)
+    n_notes, orders = 0, set()
+    for doc in docs:
+        assert data.INSTRUCTION not in doc and "Record" not in doc and "|" not in doc
+        request, _, notes = doc.partition("\nNotes: ")
+        assert request.startswith("Request: ") and request[len("Request: "):] not in exclude
+        if notes:  # all five details, in a random order
+            n_notes += 1
+            keys = [item.split(" ", 1)[0] for item in notes.rstrip(".").split(", ")]
+            assert sorted(keys) == sorted(data.FIELDS)
+            orders.add(tuple(keys))
+    assert len(orders) > 50  # random orders: the fixed order of a record is left to fine-tuning
+    assert abs(n_notes / len(docs) - data.CORPUS_MIX["notes"]) < 0.1
 
 
 def test_write_and_load(tmp_path):
@@ -86,7 +126,7 @@ def test_loss_mask_covers_the_answer_and_eos_only(tokenizer):
     assert answer == enc["input_ids"][n_prompt:] and answer[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(answer, skip_special_tokens=True) == data.make_answer(ex["record"])
     shown = data.show_tokens(tokenizer, ex)
-    assert [t for t, _, counted in shown if counted][0] == "Ġwhat"
+    assert [t for t, _, counted in shown if counted][0] == "Ġfor"
 
 
 def test_truncation_cuts_the_prompt_not_the_answer(tokenizer):
@@ -94,7 +134,7 @@ def test_truncation_cuts_the_prompt_not_the_answer(tokenizer):
     full = data.encode_example(tokenizer, ex)
     cut = data.encode_example(tokenizer, ex, max_length=30)
     assert len(cut["input_ids"]) == 30
-    assert cut["labels"][-25:] == full["labels"][-25:]
+    assert cut["labels"][-20:] == full["labels"][-20:]
     n_answer = sum(label != data.IGNORE_INDEX for label in full["labels"])
     assert sum(label != data.IGNORE_INDEX for label in cut["labels"]) == n_answer
 
@@ -124,20 +164,34 @@ def test_batches_are_a_reproducible_function_of_the_step():
     assert torch.equal(next(it)["input_ids"], b.batch(0)["input_ids"])
 
 
+def test_encode_document(tokenizer):
+    feats = [data.encode_document(tokenizer, d) for d in data.pretraining_corpus(20, seed=5)]
+    assert all(f["input_ids"][0] == tokenizer.bos_token_id and f["input_ids"][-1] == tokenizer.eos_token_id
+               and f["labels"] == f["input_ids"] and tokenizer.unk_token_id not in f["input_ids"] for f in feats)
+
+
 def test_score():
     exs = data.make_dataset(seed=1, sizes=SMALL)["test"][:4]
     preds = [data.make_answer(exs[0]["record"]), data.make_answer(exs[1]["record"]) + "\nmore text",
-             data.make_answer({**exs[2]["record"], "who": "Nobody"}), "not a record"]
+             data.make_answer({**exs[2]["record"], "with": "nobody"}), "not a record"]
     s = data.score(preds, exs)
     assert s["exact_match"] == 0.5 and s["n"] == 4
-    assert s["field_accuracy"]["who"] == 0.5 and s["field_accuracy"]["day"] == 0.75
+    assert s["field_accuracy"]["with"] == 0.5 and s["field_accuracy"]["on"] == 0.75
 
 
-def test_prepare_tokenizer_adds_a_pad_token(tokenizer):
+def test_prepare_tokenizer_adds_a_pad_token():
     class NoPad:
         pad_token_id, pad_token, eos_token = None, None, "</s>"
-    t = data.prepare_tokenizer(NoPad())
-    assert t.pad_token == "</s>"
+    assert data.prepare_tokenizer(NoPad()).pad_token == "</s>"
+
+
+def test_plot_loss_mask(tokenizer):
+    import matplotlib
+    matplotlib.use("Agg")
+    ex = data.make_dataset(seed=1, sizes=SMALL)["train"][0]
+    ax = data.plot_loss_mask(tokenizer, ex)
+    n_answer = len(tokenizer(data.make_answer(ex["record"]), add_special_tokens=False)["input_ids"]) + 1
+    assert f"the {n_answer} orange ones" in ax.get_title()
 
 
 def test_shipped_dataset_matches_the_generator():

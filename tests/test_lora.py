@@ -201,7 +201,8 @@ def test_only_a_and_b_get_gradients_and_w_stays_bit_for_bit():
 # ---------------------------------------------------------------------------------------------- bad input
 
 def test_a_missing_target_lists_the_names_the_model_has():
-    with pytest.raises(ValueError, match=r"no module called 'q_prj'.*q_proj \(4x\).*down_proj"):
+    n = TINY.num_hidden_layers
+    with pytest.raises(ValueError, match=rf"no module called 'q_prj'.*q_proj \({n}x\).*down_proj \({n}x\)"):
         add_lora(random_model(TINY), ["q_proj", "q_prj"], 4, 8)
     with pytest.raises(ValueError, match="has no Linear layer called 'qkv'.*gate_proj"):
         lora_params(TINY, 8, ["qkv"])

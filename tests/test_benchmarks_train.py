@@ -1,0 +1,53 @@
+"""The training benchmarks run end to end (benchmarks/train_gpu.py in its CPU smoke mode, train_offline.py briefly).
+
+They are smoke tests: they check that the scripts work and print their JSON line, never a speed or a score.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(*args: str, timeout: int = 300) -> tuple[str, dict]:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                         env={**__import__("os").environ, "COURSE_TEXT_PROGRESS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    return out.stdout, json.loads(last)
+
+
+def test_train_gpu_skips_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the real benchmark would run")
+    stdout, result = run_script("benchmarks/train_gpu.py", "--steps", "1")
+    assert result == {"benchmark": "train_gpu", "skipped": True, "reason": "no CUDA GPU"}
+    assert "--smoke" in stdout
+
+
+def test_train_gpu_smoke_runs_both_runners(tmp_path):
+    stdout, result = run_script("benchmarks/train_gpu.py", "--smoke", "--steps", "2", "--out", str(tmp_path))
+    assert result["smoke"] is True and result["steps"] == 2
+    assert set(result["runners"]) == {"our loop", "transformers Trainer"}
+    for row in result["runners"].values():
+        assert row["tokens_per_s"] > 0 and row["final_loss"] > 0
+    assert result["estimate_gb"] > 0
+    assert "tokens/s" in stdout and "estimate" in stdout
+
+
+def test_train_offline_prints_before_and_after():
+    if not (ROOT / "assets" / "course-llama" / "model.safetensors").exists():
+        pytest.skip("assets/course-llama not built yet (python scripts/pretrain_course_model.py)")
+    stdout, result = run_script("benchmarks/train_offline.py", "--steps", "3")
+    assert [r["method"] for r in result["runs"]] == ["lora", "qlora"]
+    for r in result["runs"]:
+        assert 0 <= r["exact_match_before"] <= 1 and 0 <= r["exact_match_after"] <= 1
+        assert r["steps"] == 3 and r["train_seconds"] > 0
+    assert "EM before" in stdout

@@ -1,0 +1,302 @@
+"""The training loop, checkpoints and resume, evaluation (course_utils.training), on a tiny random Llama."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from course_utils import data, training
+from course_utils.architecture import empty_model
+from course_utils.configs import load_config
+
+
+def memory_linear_suffixes() -> tuple[str, ...]:
+    return tuple(f"{kind}.weight" for kind in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+
+SIZES = {"train": 64, "validation": 8, "test": 8}
+
+
+@pytest.fixture(scope="module")
+def task():
+    splits = data.make_dataset(seed=11, sizes=SIZES)
+    texts = [data.make_prompt(ex["request"]) + data.make_answer(ex["record"]) for rows in splits.values() for ex in rows]
+    tokenizer = data.build_tokenizer(texts)
+    return splits, tokenizer
+
+
+def tiny_lora_model(tokenizer, seed: int = 0, dropout: float = 0.1, adapter_seed: int | None = None):
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                         initializer_range=0.3)  # embeddings big enough that frozen, they allow confident logits
+    torch.manual_seed(seed)
+    base = LlamaForCausalLM(config)  # stands for a pretrained base: the same weights for the same seed
+    training.set_seed(seed if adapter_seed is None else adapter_seed)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=list(training.LORA_TARGETS),
+                      task_type="CAUSAL_LM")
+    return get_peft_model(base, lora)
+
+
+def batches_for(task, batch_size=8, seed=0):
+    splits, tokenizer = task
+    return data.Batches(data.encode_split(tokenizer, splits["train"], max_length=64), batch_size,
+                        tokenizer.pad_token_id, seed=seed)
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in training.trainable_parameters(model).items()}
+
+
+def base_checksum(model) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if "lora_" not in name:
+            h.update(name.encode())
+            h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    c = training.TrainConfig(steps=20, warmup_steps=4)
+    factors = [training.lr_factor(s, c) for s in range(21)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert factors[20] == 0.0
+
+
+def test_only_the_adapter_trains_and_the_loss_falls(task):
+    model = tiny_lora_model(task[1], dropout=0.0)
+    names = set(training.trainable_parameters(model))
+    assert names and all("lora_A" in n or "lora_B" in n for n in names)
+    before_base, before_adapter = base_checksum(model), adapter_state(model)
+    assert all(torch.count_nonzero(v) == 0 for k, v in before_adapter.items() if "lora_B" in k)  # B = 0 at start
+    result = training.train(model, batches_for(task), training.TrainConfig(steps=15, lr=1e-2, warmup_steps=2),
+                            show_progress=False)
+    assert base_checksum(model) == before_base  # the frozen base is bit-for-bit unchanged
+    after = adapter_state(model)
+    assert all(not torch.equal(after[k], before_adapter[k]) for k in after)
+    assert len(result.history) == result.steps_run == 15
+    first, last = result.history[0]["loss"], sum(r["loss"] for r in result.history[-3:]) / 3
+    assert last < first - 0.5, (first, last)
+    assert result.tokens > 0 and result.tokens_per_second > 0
+
+
+def test_gradient_accumulation_matches_one_big_batch(task):
+    # Every answer has the same number of tokens with the word-level tokenizer, so the mean of two micro-batch
+    # means is the mean over the big batch: one step of 2 x 4 must equal one step of 1 x 8.
+    results = []
+    for batch_size, accum in ((8, 1), (4, 2)):
+        model = tiny_lora_model(task[1], dropout=0.0)
+        config = training.TrainConfig(steps=1, batch_size=batch_size, grad_accum=accum, lr=1e-2, warmup_steps=1)
+        training.train(model, batches_for(task, batch_size), config, show_progress=False)
+        results.append(adapter_state(model))
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_training_is_reproducible_with_a_seed(task):
+    states = []
+    for _ in range(2):
+        model = tiny_lora_model(task[1], seed=3)
+        training.train(model, batches_for(task), training.TrainConfig(steps=4, lr=1e-2, seed=3), show_progress=False)
+        states.append(adapter_state(model))
+    for name in states[0]:
+        assert torch.equal(states[0][name], states[1][name])
+
+
+class Disconnect(Exception):
+    """Stands for a Colab runtime that goes away in the middle of training."""
+
+
+def test_resume_after_an_interruption_ends_with_the_same_adapter(task, tmp_path):
+    """Stop a run after step 7 (a checkpoint was written after step 6), resume, and compare with a run that was
+    never interrupted. Tolerance: 1e-6 absolute (on a CPU the two runs agree bit for bit in practice)."""
+    config = training.TrainConfig(steps=10, batch_size=8, lr=1e-2, warmup_steps=2, seed=5, checkpoint_every=3,
+                                  checkpoint_dir=str(tmp_path / "interrupted"), keep_checkpoints=2)
+    # the reference: no interruption (LoRA dropout 0.1 is on, so the random state must be restored too)
+    reference = tiny_lora_model(task[1], seed=5)
+    ref_result = training.train(reference, batches_for(task), replace(config, checkpoint_dir=None), show_progress=False)
+
+    model = tiny_lora_model(task[1], seed=5)
+
+    def disconnect(step, loss):
+        if step == 7:
+            raise Disconnect()
+
+    with pytest.raises(Disconnect):
+        training.train(model, batches_for(task), config, on_step=disconnect, show_progress=False)
+    saved = training.list_checkpoints(config.checkpoint_dir)
+    assert [p.name for p in saved] == ["checkpoint-000003", "checkpoint-000006"]
+
+    fresh = tiny_lora_model(task[1], seed=5, adapter_seed=99)  # a new session: the base again, another random adapter
+    result = training.train(fresh, batches_for(task), config, show_progress=False)
+    assert result.resumed_from.endswith("checkpoint-000006") and result.steps_run == 4
+    final, expected = adapter_state(fresh), adapter_state(reference)
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], atol=1e-6, rtol=0)
+    assert [round(r["loss"], 5) for r in result.history] == [round(r["loss"], 5) for r in ref_result.history]
+    assert [p.name for p in training.list_checkpoints(config.checkpoint_dir)] == ["checkpoint-000006", "checkpoint-000009"]
+
+
+def test_checkpoint_is_the_adapter_only_and_partial_writes_are_ignored(task, tmp_path):
+    model = tiny_lora_model(task[1])
+    config = training.TrainConfig(steps=2, checkpoint_every=2, checkpoint_dir=str(tmp_path))
+    training.train(model, batches_for(task), config, show_progress=False)
+    (tmp_path / ".tmp-checkpoint-000004").mkdir()  # a write cut short by a disconnect
+    (tmp_path / "checkpoint-000008").mkdir()        # a folder without its state file
+    latest = training.latest_checkpoint(tmp_path)
+    assert latest.name == "checkpoint-000002"
+    from safetensors.torch import load_file
+    saved = load_file(str(latest / "trainable.safetensors"))
+    assert set(saved) == set(training.trainable_parameters(model))
+    with pytest.raises(ValueError, match="no weights"):
+        other = tiny_lora_model(task[1])
+        other.base_model.model.model.embed_tokens.weight.requires_grad_(True)
+        opt = torch.optim.AdamW(list(training.trainable_parameters(other).values()))
+        training.load_checkpoint(latest, other, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), None)
+
+
+def test_batched_generation_matches_one_at_a_time(task):
+    splits, tokenizer = task
+    model = tiny_lora_model(tokenizer, seed=1).eval()
+    with torch.no_grad():  # make the adapter non-zero, so LoRA is in the computation
+        for name, p in training.trainable_parameters(model).items():
+            p.normal_(0, 0.5)
+    exs = splits["test"][:5]
+    batched = training.generate(model, tokenizer, exs, batch_size=5, max_new_tokens=6)
+    single = [training.generate(model, tokenizer, [ex], batch_size=1, max_new_tokens=6)[0] for ex in exs]
+    assert batched == single
+    result = training.evaluate(model, tokenizer, exs)
+    assert 0 <= result["exact_match"] <= 1 and len(result["predictions"]) == 5
+
+
+def test_side_by_side_marks_right_and_wrong(task):
+    exs = task[0]["test"][:2]
+    table = training.side_by_side(exs, ["nonsense", "x"], [data.make_answer(exs[0]["record"]), "y"], n=2)
+    assert table.count("✅") == 1 and table.count("❌") == 3 and exs[1]["request"] in table
+
+
+def test_live_plot_records_and_draws_headless():
+    plot = training.LivePlot(total_steps=5)
+    for step, loss in enumerate([3.0, 2.0, 1.5, 1.2, 1.0]):
+        plot.update(step, loss)
+    assert plot.losses == [3.0, 2.0, 1.5, 1.2, 1.0]
+    smooth = plot.smoothed()
+    assert smooth[0] == 3.0 and all(a > b for a, b in zip(smooth, smooth[1:]))
+    fig = plot.figure()
+    assert "step 5/5" in fig.axes[0].get_title()
+
+
+def test_presets_and_the_t4_memory_estimate():
+    from course_utils import memory
+    llama8b = load_config("llama-3.1-8b")
+    t4 = training.PRESETS["t4"]
+    est = training.preset_memory(llama8b, t4)
+    assert est.total < 14.7e9 and est.fits("T4"), est.verdict()
+    plain = memory.training_memory(llama8b, "qlora", rank=32, targets=training.LORA_TARGETS, batch_size=t4.batch_size,
+                                   seq_len=t4.max_length, gradient_checkpointing=True, optimizer="adamw-8bit",
+                                   compute_dtype="fp16")
+    # prepare_model_for_kbit_training upcasts what stays unquantized (embeddings, lm_head, norms) fp16 -> fp32
+    model = empty_model(llama8b)
+    unquantized = sum(p.numel() for n, p in model.named_parameters() if not n.endswith(memory_linear_suffixes()))
+    assert est.weights - plain.weights == 2 * unquantized
+    assert est.total - plain.total == 2 * unquantized
+    assert est.trainable_params == 27_262_976  # PEFT's count for r=32 on q,k,v,o (tests/test_lora.py)
+    no_ckpt = training.preset_memory(llama8b, replace(t4, gradient_checkpointing=False, batch_size=16))
+    assert no_ckpt.activations > 4 * est.activations and not no_ckpt.fits("T4")
+
+    class P:  # a runtime.Profile stand-in
+        def __init__(self, name, dtype):
+            self.name, self.compute_dtype = name, dtype
+    assert training.preset_for(P("gpu", torch.float16)).optimizer == "paged_adamw_8bit"
+    assert training.preset_for(P("gpu", torch.bfloat16)).mixed_precision == "bf16"
+    assert training.preset_for(P("offline", torch.float32)) == training.PRESETS["offline"]
+
+
+def test_errors_are_clear(task):
+    model = tiny_lora_model(task[1])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="requires grad"):
+        training.train(model, batches_for(task), training.TrainConfig(steps=1), show_progress=False)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        training.make_optimizer([torch.nn.Parameter(torch.zeros(1))], training.TrainConfig(optimizer="sgd"))
+
+
+def test_token_losses_average_to_the_models_loss(task):
+    splits, tokenizer = task
+    model = tiny_lora_model(tokenizer, seed=2, dropout=0.0).eval()
+    ex = splits["train"][0]
+    rows = training.token_losses(model, tokenizer, ex)
+    enc = data.encode_example(tokenizer, ex)
+    assert [r["token"] for r in rows] == tokenizer.convert_ids_to_tokens(enc["input_ids"][-len(rows):])
+    assert len(rows) == sum(label != data.IGNORE_INDEX for label in enc["labels"])
+    with torch.no_grad():
+        loss = model(input_ids=torch.tensor([enc["input_ids"]]), labels=torch.tensor([enc["labels"]])).loss
+    assert abs(sum(r["loss"] for r in rows) / len(rows) - loss.item()) < 1e-5
+    for r in rows:  # the guesses are sorted, and the right token's probability is exp(-loss)
+        probs = [p for _, p in r["top"]]
+        assert probs == sorted(probs, reverse=True) and len(probs) == 3
+        if r["top"][0][0] == r["token"]:
+            assert abs(probs[0] - math.exp(-r["loss"])) < 1e-5
+
+
+def test_run_folder_prefers_the_env_then_drive(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_CHECKPOINT_ROOT", str(tmp_path))
+    assert training.run_folder("06-offline") == tmp_path / "06-offline"
+    monkeypatch.delenv("COURSE_CHECKPOINT_ROOT")
+    monkeypatch.setattr(training, "DRIVE", tmp_path / "MyDrive")
+    assert training.run_folder("x") == training.Path("runs") / "x"  # no Drive mounted
+    (tmp_path / "MyDrive").mkdir()
+    assert training.run_folder("x") == tmp_path / "MyDrive" / "lora-qlora-course" / "x"
+
+
+def test_a_4bit_model_on_the_cpu_gives_the_same_outputs_after_a_save(tmp_path):
+    """bitsandbytes repacks 4-bit weights for a CPU kernel at the first inference forward (on CPUs with
+    AVX512-BF16) and only partly undoes it when the state dict is read; runtime.load_model keeps the standard
+    layout, so saving an adapter or merging never changes what the model computes."""
+    from course_utils import runtime
+    profile = runtime.choose_profile("offline")
+    model, tokenizer = runtime.load_model(profile, four_bit=True)
+    ids = torch.tensor([tokenizer(data.make_prompt("Lunch with Maria in Paris on Monday at noon."))["input_ids"]])
+    with torch.no_grad():
+        first = model(input_ids=ids).logits
+        model.state_dict()  # what save_pretrained and merging read
+        second = model(input_ids=ids).logits
+    assert torch.equal(first, second)
+    assert not any(getattr(getattr(m, "weight", None), "quant_state", None) is not None
+                   and getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in model.modules())
+
+
+def test_exercise_checkers_of_notebook_06(task):
+    from course_utils.exercises import nb06
+    from course_utils.lora import lora_params
+    splits, tokenizer = task
+    # which kinds require grad: read off a real PEFT model (its base is a stand-in for the course's model)
+    model = tiny_lora_model(tokenizer)
+    trains = {kind for kind in nb06.PARAMETER_KINDS
+              if any(p.requires_grad for n, p in model.named_parameters() if f"{kind}." in n or n.endswith(kind + ".weight"))}
+    assert trains == {"q_proj.lora_A", "q_proj.lora_B"}
+    assert nb06.check_trainable(trains) and not nb06.check_trainable(trains | {"lm_head"}) and not nb06.check_trainable(None)
+    assert not nb06.check_trainable({"not_a_kind"})
+
+    # the label mask: the same labels as course_utils.data.encode_example
+    def labels(prompt_ids, answer_ids, eos_id):
+        return [data.IGNORE_INDEX] * len(prompt_ids) + list(answer_ids) + [eos_id]
+    ex = splits["train"][0]
+    prompt = tokenizer(data.make_prompt(ex["request"]))["input_ids"]
+    answer = tokenizer(data.make_answer(ex["record"]), add_special_tokens=False)["input_ids"]
+    assert labels(prompt, answer, tokenizer.eos_token_id) == data.encode_example(tokenizer, ex)["labels"]
+    assert nb06.check_label_mask(labels) and not nb06.check_label_mask(None)
+    assert not nb06.check_label_mask(lambda p, a, e: list(p) + list(a) + [e])  # the prompt not masked
+
+    t4 = training.PRESETS["t4"]
+    assert nb06.check_effective_batch(t4.batch_size * t4.grad_accum) and not nb06.check_effective_batch(t4.batch_size)
+    n = lora_params(load_config("llama-3.1-8b"), 32, training.LORA_TARGETS)  # checked against PEFT in test_lora.py
+    assert nb06.check_lora_params_8b(n) and not nb06.check_lora_params_8b(n // 2) and not nb06.check_lora_params_8b(None)
