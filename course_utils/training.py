@@ -551,10 +551,10 @@ def weights_checksum(model, skip: tuple[str, ...] = ("lora_",)) -> str:
         if any(s in name for s in skip):
             continue
         name = name.replace("base_model.model.", "").replace(".base_layer", "")  # the same name with or without peft
-        t = p.detach()
+        t = p.detach().cpu()  # to the CPU first: no extra GPU memory for the float32 copy
         t = t if type(p).__name__ == "Params4bit" else t.float()
         digest.update(name.encode())
-        digest.update(t.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -300,3 +300,39 @@ def test_exercise_checkers_of_notebook_06(task):
     assert nb06.check_effective_batch(t4.batch_size * t4.grad_accum) and not nb06.check_effective_batch(t4.batch_size)
     n = lora_params(load_config("llama-3.1-8b"), 32, training.LORA_TARGETS)  # checked against PEFT in test_lora.py
     assert nb06.check_lora_params_8b(n) and not nb06.check_lora_params_8b(n // 2) and not nb06.check_lora_params_8b(None)
+
+
+def test_resume_on_the_qlora_path_of_notebook_06(tmp_path):
+    """The notebook's own path: the course's model in NF4 (bitsandbytes on the CPU), prepare_model_for_kbit_training,
+    LoRA with dropout; interrupted after step 4 (checkpoint at 4 of every 2), resumed in a fresh model."""
+    from peft import prepare_model_for_kbit_training
+    from course_utils import runtime
+    profile = runtime.choose_profile("offline")
+    train = data.load_split("train", limit=64)
+
+    def qlora_model():
+        model, tokenizer = runtime.load_model(profile, four_bit=True)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return training.add_lora(model, r=8, alpha=16, seed=0), data.prepare_tokenizer(tokenizer)
+
+    config = training.TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup_steps=1, seed=1, checkpoint_every=2,
+                                  checkpoint_dir=str(tmp_path / "run"))
+    reference, tokenizer = qlora_model()
+    batches = data.Batches(data.encode_split(tokenizer, train, 64), 8, tokenizer.pad_token_id, seed=1)
+    training.train(reference, batches, replace(config, checkpoint_dir=None), show_progress=False)
+
+    model, _ = qlora_model()
+
+    def disconnect(step, loss):
+        if step == 4:
+            raise Disconnect()
+
+    with pytest.raises(Disconnect):
+        training.train(model, batches, config, on_step=disconnect, show_progress=False)
+    fresh, _ = qlora_model()
+    result = training.train(fresh, batches, config, show_progress=False)
+    assert result.resumed_from.endswith("checkpoint-000004") and result.steps_run == 2
+    final, expected = adapter_state(fresh), adapter_state(reference)
+    assert final.keys() == expected.keys() and len(final) == 2 * 4 * load_config("course-tiny").num_hidden_layers
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], atol=1e-6, rtol=0)
