@@ -75,6 +75,9 @@ def build_random_nf4_model(config, compute_dtype: torch.dtype, device: str, seed
     model.model.rotary_emb = LlamaRotaryEmbedding(config).to(device)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    if device == "cpu":  # the smoke test: the same standard 4-bit layout as runtime.load_model keeps on a CPU
+        from course_utils.runtime import keep_standard_4bit_layout
+        keep_standard_4bit_layout(model)
     model.is_loaded_in_4bit = True  # what transformers' bitsandbytes loader sets; peft and prepare_* read it
     model.config.dtype = compute_dtype
     return model.eval()

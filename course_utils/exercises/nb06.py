@@ -10,9 +10,10 @@ PARAMETER_KINDS = ("embed_tokens", "q_proj.base_layer", "q_proj.lora_A", "q_proj
                    "input_layernorm", "lm_head")
 
 
-def _trains(kind: str, targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> bool:
-    """After get_peft_model with LoRA on `targets`: only the adapter matrices require grad."""
-    return kind.split(".")[0] in targets and kind.endswith(("lora_A", "lora_B"))
+def _trains(kind: str) -> bool:
+    """After get_peft_model with the course's LoRA targets: only the adapter matrices require grad."""
+    from course_utils.training import LORA_TARGETS
+    return kind.split(".")[0] in LORA_TARGETS and kind.endswith(("lora_A", "lora_B"))
 
 
 def check_trainable(answer) -> bool:
@@ -53,18 +54,17 @@ def check_effective_batch(answer, preset: str = "t4") -> bool:
     """How many examples does one optimizer step of the T4 preset see?"""
     from course_utils.training import PRESETS
     p = PRESETS[preset]
-    n = p.batch_size * p.grad_accum
+    n = p.effective_batch
     return report(close(answer, n), f"{p.batch_size} per forward pass x {p.grad_accum} accumulated = {n} per step.",
                   "Multiply the micro-batch size by the number of gradient accumulation steps.")
 
 
 def check_lora_params_8b(answer, r: int = 32) -> bool:
     """Trainable parameters of LoRA r=32 on q,k,v,o of Llama 3.1 8B, by the formula r x (in + out) per module."""
+    from course_utils.lora import linear_shape, lora_params
     c = load_config("llama-3.1-8b")
-    head_dim = c.hidden_size // c.num_attention_heads
-    kv = c.num_key_value_heads * head_dim
-    per_layer = r * ((c.hidden_size + c.hidden_size) * 2 + (c.hidden_size + kv) * 2)
-    n = per_layer * c.num_hidden_layers
+    n = lora_params(c, r, ("q_proj", "k_proj", "v_proj", "o_proj"))
+    (d, q), (_, kv) = linear_shape(c, "q_proj"), linear_shape(c, "k_proj")
     return report(close(answer, n),
-                  f"{c.num_hidden_layers} layers x r x [(4096+4096) for q and o + (4096+{kv}) for k and v] = {n:,}.",
-                  "Per module A is r x in and B is out x r; q and o are 4096 -> 4096, k and v are 4096 -> 1024 (GQA).")
+                  f"{c.num_hidden_layers} layers x r x [({d}+{q}) for q and o + ({d}+{kv}) for k and v] = {n:,}.",
+                  f"Per module A is r x in and B is out x r; q and o are {d} -> {q}, k and v are {d} -> {kv} (GQA).")
