@@ -66,7 +66,8 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 PRESETS: dict[str, TrainConfig] = {
     # The course's small model on a CPU: big batches of short sequences, a high learning rate (tiny model).
     "offline": TrainConfig(steps=240, batch_size=32, grad_accum=1, lr=3e-3, warmup_steps=10, max_length=64),
-    # SmolLM2-135M in NF4 on a CPU runtime (Colab without a GPU): 2.6 s per step of 8 on 2 cores (random weights).
+    # SmolLM2-135M in NF4 on a CPU runtime (Colab without a GPU): 2.2-2.6 s a step of 8 on 2 cores
+    # (`python benchmarks/cpu_step_time.py`, random weights).
     "cpu": TrainConfig(steps=60, batch_size=8, grad_accum=1, lr=1e-3, warmup_steps=6, max_length=96),
     # Llama 3.1 8B in NF4 on a 15 GB T4: small micro-batches, accumulation, checkpointing, 8-bit paged AdamW.
     "t4": TrainConfig(steps=150, batch_size=4, grad_accum=4, lr=2e-4, warmup_steps=10, max_length=96,

@@ -51,3 +51,10 @@ def test_train_offline_prints_before_and_after():
         assert 0 <= r["exact_match_before"] <= 1 and 0 <= r["exact_match_after"] <= 1
         assert r["steps"] == 3 and r["train_seconds"] > 0
     assert "EM before" in stdout
+
+
+def test_cpu_step_time_runs_on_a_small_config():
+    stdout, result = run_script("benchmarks/cpu_step_time.py", "course-tiny", "--steps", "1", "--batch-sizes", "2")
+    assert result["model"] == "course-tiny" and result["steps"][0]["batch_size"] == 2
+    assert result["steps"][0]["seconds_per_step"] >= 0 and result["generate_seconds"] > 0
+    assert "s / step" in stdout
