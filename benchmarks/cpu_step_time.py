@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from course_utils import data, runtime, training  # noqa: E402
+from course_utils import data, lora, quantization, training  # noqa: E402
 from course_utils.architecture import random_model  # noqa: E402
 from course_utils.configs import load_config  # noqa: E402
 
@@ -35,10 +35,10 @@ def load_qlora(folder: str):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map="cpu",
-                                                 quantization_config=runtime.bnb_4bit_config(torch.float32))
-    runtime.keep_standard_4bit_layout(model)
+                                                 quantization_config=quantization.bnb_4bit_config(torch.float32))
+    quantization.keep_standard_4bit_layout(model)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return training.add_lora(model)
+    return training.add_peft_lora(model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         random_model(config, seed=0).save_pretrained(folder)
         model = load_qlora(folder)
-        print(f"{args.model}: QLoRA (NF4 base, LoRA r={training.LORA_R} on q,k,v,o) on the CPU, "
+        print(f"{args.model}: QLoRA (NF4 base, LoRA r={lora.COURSE_RANK} on q,k,v,o) on the CPU, "
               f"{torch.get_num_threads()} threads")
         ids = torch.randint(3, config.vocab_size, (max(args.batch_sizes) * args.steps, SEQ_LEN), generator=g).tolist()
         features = [{"input_ids": row, "labels": [data.IGNORE_INDEX] * (SEQ_LEN - ANSWER_LEN) + row[-ANSWER_LEN:]}

@@ -35,7 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from course_utils.configs import load_config  # noqa: E402
-from course_utils.memory import measure_training_step, model_bytes, training_memory  # noqa: E402
+from course_utils.footprint import measure_training_step, model_bytes  # noqa: E402
+from course_utils.memory import training_memory  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
-    from course_utils.runtime import bitsandbytes_problem
+    from course_utils.quantization import bitsandbytes_problem
     methods = ["lora"] + ([] if bitsandbytes_problem() else ["qlora"])
     rows = []
     for name, config in models.items():

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from course_utils import data, training  # noqa: E402
+from course_utils import data, memory, training  # noqa: E402
 from course_utils.configs import load_config  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def build_random_nf4_model(config, compute_dtype: torch.dtype, device: str, seed
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     if device == "cpu":  # the smoke test: the same standard 4-bit layout as runtime.load_model keeps on a CPU
-        from course_utils.runtime import keep_standard_4bit_layout
+        from course_utils.quantization import keep_standard_4bit_layout
         keep_standard_4bit_layout(model)
     model.is_loaded_in_4bit = True  # what transformers' bitsandbytes loader sets; peft and prepare_* read it
     model.config.dtype = compute_dtype
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     compute_dtype = torch.bfloat16 if preset.mixed_precision == "bf16" else (torch.float16 if cuda else torch.float32)
     seq_len = preset.max_length
     features = random_features(preset.steps * preset.grad_accum * preset.batch_size, seq_len, config.vocab_size)
-    estimate = training.preset_memory(config, preset)
+    estimate = memory.preset_memory(config, preset)
     gpu = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"{model_name} in NF4 on {gpu}; preset {args.preset}: batch {preset.batch_size} x accumulation "
           f"{preset.grad_accum}, {seq_len} tokens, checkpointing {preset.gradient_checkpointing}, "
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = {}
     for name, runner in (("our loop", run_ours), ("transformers Trainer", run_trainer)):
-        model = training.add_lora(base)
+        model = training.add_peft_lora(base)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from course_utils import data, training  # noqa: E402
+from course_utils import data, evaluation, training  # noqa: E402
 from course_utils import runtime  # noqa: E402
 from course_utils.runtime import OFFLINE_MODEL, assets_dir  # noqa: E402
 
@@ -31,14 +31,14 @@ def run(method: str, model_id: str, train: list[dict], test: list[dict], preset:
     profile = replace(runtime.choose_profile("offline"), model_id=model_id)
     model, tokenizer = runtime.load_model(profile, four_bit=(method == "qlora"))
     tokenizer = data.prepare_tokenizer(tokenizer)
-    before = training.evaluate(model, tokenizer, test)
+    before = evaluation.evaluate(model, tokenizer, test)
     if method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = training.add_lora(model, seed=preset.seed)
+    model = training.add_peft_lora(model, seed=preset.seed)
     batches = data.Batches(data.encode_split(tokenizer, train, preset.max_length), preset.batch_size,
                            tokenizer.pad_token_id, seed=preset.seed)
     result = training.train(model, batches, preset, show_progress=False)
-    after = training.evaluate(model, tokenizer, test)
+    after = evaluation.evaluate(model, tokenizer, test)
     return {"method": method, "exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"],
             "field_accuracy_after": after["field_accuracy"], "train_seconds": round(result.seconds, 1),
             "steps": result.steps_run, "tokens_per_s": round(result.tokens_per_second), "final_loss": round(result.final_loss, 4),

@@ -6,9 +6,11 @@ here; `scripts/sync_notebooks.py` writes them into the notebooks and a test fail
 
 from __future__ import annotations
 
+from course_utils.quantization import BITSANDBYTES_PIN
+
 GITHUB_REPO = "open-llm-course/lora-qlora-llama"  # owner/name on GitHub
 GITHUB_REF = "main"  # branch or tag that Colab installs from; set a release tag to pin a cohort
-COLAB_LACKS = ("bitsandbytes==0.50.2",)  # pinned; must match requirements.txt
+COLAB_LACKS = (BITSANDBYTES_PIN,)  # what the setup cell installs in Colab, pinned
 
 SETUP_MARKER = "# Setup (Colab only)"
 
@@ -25,15 +27,17 @@ def badge(notebook: str) -> str:
 def setup_cell() -> str:
     """Source of the setup cell: in Colab it installs what Colab lacks and this course; elsewhere nothing."""
     folder = GITHUB_REPO.split("/")[1]
-    return f'''{SETUP_MARKER}: installs what Colab lacks and this course's package, and opens the course folder.
-# Anywhere else it does nothing: run `pip install -r requirements.txt -e .` once instead (see the README).
+    return f'''{SETUP_MARKER}: installs what Colab lacks and this course, and opens the course folder.
+# Anywhere else it does nothing: run `bash scripts/setup_env.sh` once instead (see the README).
 import importlib, os, subprocess, sys
-COURSE_REPO, COURSE_REF, COLAB_LACKS = "{GITHUB_REPO}", "{GITHUB_REF}", {COLAB_LACKS!r}
+COURSE_REPO, COURSE_REF = "{GITHUB_REPO}", "{GITHUB_REF}"
+COLAB_LACKS = {COLAB_LACKS!r}
 if "google.colab" in sys.modules:
     root = os.environ.get("COURSE_ROOT", "/content/{folder}")
     if not os.path.isdir(root):
         url = os.environ.get("COURSE_REPO_URL", f"https://github.com/{{COURSE_REPO}}.git")
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", COURSE_REF, url, root], check=True)
+        clone = ["git", "clone", "-q", "--depth", "1", "--branch", COURSE_REF, url, root]
+        subprocess.run(clone, check=True)
     from importlib.metadata import PackageNotFoundError, version
     def _missing(pin):
         name, wanted = pin.split("==")

@@ -17,7 +17,7 @@ MODELS: dict[str, str | None] = {
     "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M",
     "smollm2-360m": "HuggingFaceTB/SmolLM2-360M",
-    "course-tiny": None,
+    "course-llama": None,
 }
 
 

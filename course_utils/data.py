@@ -1,11 +1,11 @@
 """The course's task and data: calendar requests written in plain words -> one structured calendar record.
 
-    request: "Can you set up a lunch with Maria in Paris on Tuesday at 3:30 pm?"
-    record:  "what: lunch | who: Maria | day: Tuesday | time: 15:30 | place: Paris"
+    request: "Can you block time for lunch with Maria in Paris on Tuesday at 3:30 pm?"
+    record:  "for LUNCH | with maria | on Tue | at 15:30 | in PAR"
 
 The metric is exact: a prediction counts only when every field of the record is right. Everything here is
-generated from word lists and templates with a fixed seed, so the dataset (and the small model's pretraining
-text, which reads and confirms requests but never writes a record for one) can be rebuilt byte for byte.
+generated from word lists and templates with a fixed seed, so the dataset can be rebuilt byte for byte (and
+so can the small model's pretraining text, course_utils.pretraining, which never shows a record).
 
 This module also holds the prompt format, the tokenization with the loss on the answer tokens only, padding
 and batching, which every profile shares: the course's word-level tokenizer and Llama 3.1's BPE alike.
@@ -17,9 +17,11 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
+
+from course_utils.runtime import assets_dir
 
 # ----------------------------------------------------------------------------------------------------------
 # The task: slot values, request templates, the record format
@@ -28,7 +30,7 @@ import torch
 # A record's keys are the little words that introduce each detail in plain English ("for lunch", "with Maria",
 # "on Tuesday", "at 3 pm", "in Paris"); its values are normalized: LUNCH, maria, Tue, 15:00, PAR.
 FIELDS = ("for", "with", "on", "at", "in")
-KINDS = ("lunch", "dinner", "coffee", "drinks", "tea", "brunch", "tennis", "chess")
+ACTIVITIES = ("lunch", "dinner", "coffee", "drinks", "tea", "brunch", "tennis", "chess")
 NAMES = ("Maria", "Tom", "Aisha", "Kenji", "Lucas", "Priya", "Omar", "Elena")
 PLACES = ("Paris", "Berlin", "Lisbon", "Rome", "Oslo", "Tokyo", "Lima", "Cairo")
 CITY_CODES = {"Paris": "PAR", "Berlin": "BER", "Lisbon": "LIS", "Rome": "ROM", "Oslo": "OSL", "Tokyo": "TYO",
@@ -102,31 +104,31 @@ def make_answer(record: dict) -> str:
     return " " + format_record(record)
 
 
-def random_slots(rng: random.Random) -> dict:
-    """One random event: the words a request uses, and the normalized values a record stores."""
+def random_event(rng: random.Random) -> dict:
+    """One random event, in the words a request uses: {"what": "lunch", "who": "Maria", "day": "Tuesday",
+    "place": "Paris", "hour": 15, "minute": 30}."""
     hour, minute = rng.choice(HOURS), rng.choice(MINUTES)
-    what, who, day, place = rng.choice(KINDS), rng.choice(NAMES), rng.choice(DAYS), rng.choice(PLACES)
-    return {"what": what, "who": who, "day": day, "place": place, "time12": clock_12h(hour, minute),
-            "time24": clock_24h(hour, minute), "WHAT": what.upper(), "handle": who.lower(), "Day": day[:3],
-            "CODE": CITY_CODES[place]}
+    what, who, day, place = rng.choice(ACTIVITIES), rng.choice(NAMES), rng.choice(DAYS), rng.choice(PLACES)
+    return {"what": what, "who": who, "day": day, "place": place, "hour": hour, "minute": minute}
 
 
-def request_text(slots: dict, template: str) -> str:
-    return template.format(what=slots["what"], who=slots["who"], day=slots["day"], place=slots["place"],
-                           time=slots["time12"])
+def request_text(event: dict, template: str) -> str:
+    """A request for the event, written with one of the templates (the time on the 12-hour clock)."""
+    return template.format(what=event["what"], who=event["who"], day=event["day"], place=event["place"],
+                           time=clock_12h(event["hour"], event["minute"]))
 
 
-def record_of(slots: dict) -> dict:
+def record_of(event: dict) -> dict:
     """The record of an event: every value normalized (LUNCH, maria, Tue, 15:30, PAR)."""
-    return {"for": slots["WHAT"], "with": slots["handle"], "on": slots["Day"], "at": slots["time24"],
-            "in": slots["CODE"]}
+    return {"for": event["what"].upper(), "with": event["who"].lower(), "on": event["day"][:3],
+            "at": clock_24h(event["hour"], event["minute"]), "in": CITY_CODES[event["place"]]}
 
 
 def make_example(rng: random.Random) -> dict:
-    """One example of the task: {"request": ..., "record": {...}, "target": "what: ... | ..."}."""
-    slots = random_slots(rng)
-    record = record_of(slots)
-    return {"request": request_text(slots, rng.choice(REQUEST_TEMPLATES)), "record": record,
+    """One example of the task: {"request": ..., "record": {"for": "LUNCH", ...}, "target": "for LUNCH | ..."}."""
+    event = random_event(rng)
+    record = record_of(event)
+    return {"request": request_text(event, rng.choice(REQUEST_TEMPLATES)), "record": record,
             "target": format_record(record)}
 
 
@@ -175,7 +177,7 @@ def write_dataset(folder: str | Path, splits: dict[str, list[dict]]) -> dict[str
 
 
 def dataset_dir() -> Path:
-    from course_utils.runtime import assets_dir
+    """The shipped dataset: `assets/dataset` of the repo."""
     return assets_dir() / "dataset"
 
 
@@ -189,76 +191,8 @@ def load_split(split: str, folder: str | Path | None = None, limit: int | None =
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Pretraining text for the course's small model: the skills the task builds on, never the task itself
+# Tokenization with the loss on the answer only, padding, batching
 # ----------------------------------------------------------------------------------------------------------
-
-CORPUS_MIX = {"notes": 0.8, "request": 0.2}
-
-
-def pretraining_corpus(n_docs: int, seed: int = 7, exclude: Iterable[str] = ()) -> list[str]:
-    """Documents for the small model's pretraining, of two kinds (shares in CORPUS_MIX):
-
-    - notes: a request, then a note on each of its five details in a random order, each its little word and
-      its normalized value ("Notes: at 15:30, in PAR, with maria, on Tue, for LUNCH.");
-    - request: a request on its own.
-    So the model learns to read a request, to pick out any detail and to normalize it. It never sees a
-    calendar record (the details in one fixed order, between "|", after "Record:"): writing one is the task
-    left to fine-tuning. Requests in `exclude` (the dataset's) are never used.
-    """
-    rng = random.Random(seed)
-    exclude = set(exclude)
-    kinds, weights = zip(*CORPUS_MIX.items())
-    docs = []
-    while len(docs) < n_docs:
-        kind = rng.choices(kinds, weights)[0]
-        slots = random_slots(rng)
-        request = request_text(slots, rng.choice(REQUEST_TEMPLATES))
-        if request in exclude:
-            continue
-        if kind == "notes":
-            record = record_of(slots)
-            keys = rng.sample(FIELDS, len(FIELDS))  # every detail, in a random order
-            docs.append(f"Request: {request}\nNotes: " + ", ".join(f"{k} {record[k]}" for k in keys) + ".")
-        else:
-            docs.append(f"Request: {request}")
-    return docs
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The course's word-level tokenizer
-# ----------------------------------------------------------------------------------------------------------
-
-SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}  # ids 0, 1, 2, 3
-
-
-def build_tokenizer(texts: Iterable[str]):
-    """A word-level tokenizer for the course's small model: one token per word, number or punctuation mark.
-
-    It splits text the way Llama 3's tokenizer does before its merges (the same byte-level pre-tokenizer: a word
-    keeps its leading space, shown as "Ġ"), but keeps every word whole, so a request is ~20 tokens and the
-    vocabulary ~400. Decoding gives back the exact text. Returns a `PreTrainedTokenizerFast`; save it with
-    `.save_pretrained(folder)` and `AutoTokenizer.from_pretrained(folder)` loads it.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    pieces: set[str] = set()
-    for text in texts:
-        pieces.update(piece for piece, _ in pre.pre_tokenize_str(text))
-    specials = [SPECIAL_TOKENS[k] for k in ("pad", "bos", "eos", "unk")]
-    vocab = {token: i for i, token in enumerate(specials + sorted(pieces))}
-
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
-    core.pre_tokenizer = pre
-    core.decoder = decoders.ByteLevel()
-    bos = SPECIAL_TOKENS["bos"]
-    core.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
-                                                        special_tokens=[(bos, vocab[bos])])
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=SPECIAL_TOKENS["eos"],
-                                   unk_token=SPECIAL_TOKENS["unk"], pad_token=SPECIAL_TOKENS["pad"],
-                                   model_max_length=256, clean_up_tokenization_spaces=False)
-
 
 def prepare_tokenizer(tokenizer):
     """Make any causal-LM tokenizer ready for this course: a pad token (Llama 3.1 has none: reuse EOS)."""
@@ -266,10 +200,6 @@ def prepare_tokenizer(tokenizer):
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Tokenization with the loss on the answer only, padding, batching
-# ----------------------------------------------------------------------------------------------------------
 
 IGNORE_INDEX = -100  # labels with this value are skipped by the cross-entropy loss
 
@@ -281,7 +211,7 @@ def encode_example(tokenizer, example: dict, max_length: int | None = None) -> d
     tokenizer (a BPE could otherwise merge across it). The model learns to write the answer and to stop (EOS);
     it is never graded on the prompt, which it is given.
     """
-    prompt_ids = tokenizer(make_prompt(example["request"]))["input_ids"]  # adds BOS when the tokenizer does
+    prompt_ids = encode_prompt(tokenizer, example)
     answer_ids = tokenizer(make_answer(example["record"]), add_special_tokens=False)["input_ids"]
     answer_ids = answer_ids + [tokenizer.eos_token_id]
     input_ids = prompt_ids + answer_ids
@@ -293,7 +223,7 @@ def encode_example(tokenizer, example: dict, max_length: int | None = None) -> d
 
 
 def encode_prompt(tokenizer, example: dict) -> list[int]:
-    """The prompt's token ids alone: what generation starts from."""
+    """The prompt's token ids alone, BOS first when the tokenizer adds one: what generation starts from."""
     return tokenizer(make_prompt(example["request"]))["input_ids"]
 
 
@@ -357,12 +287,6 @@ class Batches:
             step += 1
 
 
-def encode_document(tokenizer, text: str) -> dict:
-    """A pretraining document: BOS + text + EOS, every token in the loss."""
-    ids = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
-    return {"input_ids": ids, "labels": list(ids)}
-
-
 def encode_split(tokenizer, examples: list[dict], max_length: int | None = None) -> list[dict]:
     return [encode_example(tokenizer, ex, max_length) for ex in examples]
 
@@ -372,29 +296,6 @@ def show_tokens(tokenizer, example: dict, max_length: int | None = None) -> list
     enc = encode_example(tokenizer, example, max_length)
     tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"])
     return [(t, i, lab != IGNORE_INDEX) for t, i, lab in zip(tokens, enc["input_ids"], enc["labels"])]
-
-
-def plot_loss_mask(tokenizer, example: dict, per_row: int = 14, ax=None):
-    """The tokens of an encoded example in reading order: grey = prompt (no loss), orange = graded by the loss."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
-
-    shown = show_tokens(tokenizer, example)
-    rows = (len(shown) + per_row - 1) // per_row
-    if ax is None:
-        _, ax = plt.subplots(figsize=(per_row * 0.95, rows * 0.55 + 0.6))
-    for i, (token, _, counted) in enumerate(shown):
-        r, c = divmod(i, per_row)
-        text = token.replace("Ġ", "␣").replace("Ċ", "\\n")
-        ax.add_patch(FancyBboxPatch((c + 0.05, -r - 0.4), 0.9, 0.8, boxstyle="round,pad=0.02",
-                                    color="tab:orange" if counted else "0.85"))
-        ax.text(c + 0.5, -r, text, ha="center", va="center", fontsize=8, family="monospace")
-    ax.set_xlim(0, per_row)
-    ax.set_ylim(-rows + 0.4, 0.6)
-    ax.axis("off")
-    n_loss = sum(counted for *_, counted in shown)
-    ax.set_title(f"{len(shown)} tokens; the loss grades the {n_loss} orange ones (the answer and EOS)", fontsize=10)
-    return ax
 
 
 # ----------------------------------------------------------------------------------------------------------

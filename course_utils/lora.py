@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
@@ -25,20 +24,23 @@ import torch
 from torch import nn
 from transformers import LlamaConfig
 
-from course_utils.params import linear_shapes
+from course_utils.architecture import module_kind, modules_by_kind
+from course_utils.params import ATTENTION, LINEAR_KINDS, MLP, linear_shapes
 
-# The Linear layers of a Llama decoder layer, the names PEFT's `target_modules` uses for them.
-ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
-LLAMA_TARGETS = ATTENTION_TARGETS + MLP_TARGETS
+# The target modules are the Linear layers of a decoder layer, by the names PEFT's `target_modules` uses:
+# params.ATTENTION (q, k, v, o), params.MLP (gate, up, down), params.LINEAR_KINDS (all seven).
 ALL_LINEAR = "all-linear"  # PEFT's shorthand: every Linear layer except the output layer (lm_head)
+
+# The adapter the course trains in notebook 06, on every profile: r = 32, alpha = 64, dropout 0.1 on q, k, v, o.
+COURSE_RANK, COURSE_ALPHA, COURSE_DROPOUT = 32, 64, 0.1
+COURSE_TARGETS = ATTENTION
 
 # Target sets the notebooks compare. PEFT's default for Llama (target_modules=None) is q_proj and v_proj.
 TARGET_SETS: dict[str, tuple[str, ...]] = {
     "q, v (PEFT's default)": ("q_proj", "v_proj"),
-    "attention: q, k, v, o": ATTENTION_TARGETS,
-    "MLP: gate, up, down": MLP_TARGETS,
-    "all-linear (all seven)": LLAMA_TARGETS,
+    "attention: q, k, v, o": ATTENTION,
+    "MLP: gate, up, down": MLP,
+    "all-linear (all seven)": LINEAR_KINDS,
 }
 
 
@@ -70,19 +72,20 @@ def check_dropout(p) -> None:
 
 
 def target_kinds(target_modules: str | Iterable[str]) -> list[str]:
-    """The Llama target kinds named by `target_modules` ("all-linear" or names from LLAMA_TARGETS), in model order."""
+    """The Llama target kinds named by `target_modules` ("all-linear", one name, or names from
+    params.LINEAR_KINDS), in model order; a clear error for anything else."""
     if isinstance(target_modules, str):
-        if target_modules.lower() == ALL_LINEAR:
-            return list(LLAMA_TARGETS)
+        if target_modules.strip().lower() == ALL_LINEAR:
+            return list(LINEAR_KINDS)
         target_modules = [target_modules]
     names = list(target_modules or [])
     if not names:
-        raise ValueError(f"Name at least one target module: any of {', '.join(LLAMA_TARGETS)}, or '{ALL_LINEAR}'.")
-    unknown = [n for n in names if n not in LLAMA_TARGETS]
+        raise ValueError(f"Name at least one target module: any of {', '.join(LINEAR_KINDS)}, or '{ALL_LINEAR}'.")
+    unknown = [n for n in names if n not in LINEAR_KINDS]
     if unknown:
         raise ValueError(f"A Llama decoder layer has no Linear layer called {', '.join(map(repr, unknown))}. "
-                         f"The target modules it has are {', '.join(LLAMA_TARGETS)} (or '{ALL_LINEAR}' for all seven).")
-    return [k for k in LLAMA_TARGETS if k in names]
+                         f"The target modules it has are {', '.join(LINEAR_KINDS)} (or '{ALL_LINEAR}' for all seven).")
+    return [k for k in LINEAR_KINDS if k in names]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -108,6 +111,17 @@ def lora_params(config: LlamaConfig, r: int, target_modules: str | Iterable[str]
     """Trainable parameters of LoRA with rank `r` on `target_modules` in every decoder layer: sum of r * (in + out)."""
     kinds = target_kinds(target_modules)
     return config.num_hidden_layers * sum(lora_params_per_layer(config, r, k) for k in kinds)
+
+
+def lora_shapes(config: LlamaConfig, r: int, target_modules: str | Iterable[str]) -> list[tuple[int, int]]:
+    """Shapes (rows, cols) of every LoRA matrix of the model: A is r x in, B is out x r, per target, per layer.
+    Their sizes add up to `lora_params`; the memory estimates need them one by one (per-tensor optimizer state)."""
+    check_rank_alpha(r, 1)
+    shapes = []
+    for kind in target_kinds(target_modules):
+        n_in, n_out = linear_shape(config, kind)
+        shapes += [(r, n_in), (n_out, r)] * config.num_hidden_layers
+    return shapes
 
 
 def lora_summary(config: LlamaConfig, r: int, target_modules: str | Iterable[str], base_params: int,
@@ -191,24 +205,11 @@ class LoRALinear(nn.Module):
 # Models: which Linear layers there are, and swapping them for LoRALinear
 # ----------------------------------------------------------------------------------------------------------
 
-def _kind(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
-
-
-def linear_modules_by_kind(model: nn.Module) -> dict[str, list[str]]:
-    """Every `nn.Linear` of a model, grouped by kind: {"q_proj": ["model.layers.0.self_attn.q_proj", ...], ...}."""
-    groups: dict[str, list[str]] = defaultdict(list)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            groups[_kind(name)].append(name)
-    return dict(groups)
-
-
 def target_module_table(model: nn.Module) -> list[dict]:
     """One row per kind of Linear layer: how many there are, their (out, in) shape, and whether "all-linear" takes them."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     rows = []
-    for kind, names in linear_modules_by_kind(model).items():
+    for kind, names in modules_by_kind(model, nn.Linear).items():
         first = model.get_submodule(names[0])
         rows.append({"kind": kind, "count": len(names), "shape": (first.out_features, first.in_features),
                      "params each": first.weight.numel(), "in all-linear": first is not output})
@@ -221,15 +222,15 @@ def _matches(name: str, target: str) -> bool:
 
 
 def _describe(module: nn.Module) -> str:
-    kind = type(module).__name__
-    inner = list(dict.fromkeys(_kind(n) for n, m in module.named_modules() if isinstance(m, nn.Linear)))
+    type_name = type(module).__name__
+    inner = list(dict.fromkeys(module_kind(n) for n, m in module.named_modules() if isinstance(m, nn.Linear)))
     if inner:
-        return f"a {kind}, a block that holds the Linear layers {', '.join(inner)}: name those instead"
-    if "Norm" in kind:
-        return f"a {kind}, which scales each dimension by one number; it has no weight matrix for A and B to adapt"
+        return f"a {type_name}, a block that holds the Linear layers {', '.join(inner)}: name those instead"
+    if "Norm" in type_name:
+        return f"a {type_name}, which scales each dimension by one number; it has no weight matrix for A and B to adapt"
     if isinstance(module, nn.Embedding):
-        return f"an {kind} (a lookup table of token vectors), not an nn.Linear"
-    return f"a {kind}, not an nn.Linear"
+        return f"an {type_name} (a lookup table of token vectors), not an nn.Linear"
+    return f"a {type_name}, not an nn.Linear"
 
 
 def resolve_targets(model: nn.Module, target_modules: str | Iterable[str]) -> list[str]:
@@ -238,7 +239,7 @@ def resolve_targets(model: nn.Module, target_modules: str | Iterable[str]) -> li
     "all-linear" is every Linear except the output layer (lm_head), as in PEFT. A name the model lacks, or one
     that is not a Linear layer, raises an error that lists the target modules the model does have.
     """
-    linear = linear_modules_by_kind(model)
+    linear = modules_by_kind(model, nn.Linear)
     have = f"The Linear layers of this model are: {', '.join(f'{k} ({len(v)}x)' for k, v in linear.items())}."
     if isinstance(target_modules, str):
         if target_modules.lower() == ALL_LINEAR:
@@ -265,9 +266,10 @@ def resolve_targets(model: nn.Module, target_modules: str | Iterable[str]) -> li
     return [n for n in modules if n in chosen]  # model order
 
 
-def add_lora(model: nn.Module, target_modules: str | Iterable[str], r: int, alpha: float,
-             dropout: float = 0.0) -> nn.Module:
-    """Freeze every weight of `model`, then swap each target Linear for a LoRALinear (in place); returns the model."""
+def add_lora_layers(model: nn.Module, target_modules: str | Iterable[str], r: int, alpha: float,
+                    dropout: float = 0.0) -> nn.Module:
+    """LoRA from scratch on a whole model: freeze every weight, then swap each target Linear for a LoRALinear
+    (in place; returns the model). PEFT's `get_peft_model` does the same with its own layer class."""
     check_rank_alpha(r, alpha)
     check_dropout(dropout)
     names = resolve_targets(model, target_modules)
@@ -304,7 +306,7 @@ def lora_config(model: nn.Module, r: int, lora_alpha: float, target_modules: str
 def _plain_peft_error(err: Exception, model: nn.Module) -> str | None:
     """A sentence for a PEFT error that confuses students, or None to let the original through."""
     text = str(err)
-    linear = linear_modules_by_kind(model)
+    linear = modules_by_kind(model, nn.Linear)
     have = f"The Linear layers of this model are: {', '.join(linear)}."
     if "not found in the base model" in text:
         return (f"PEFT found none of the target modules in this model (a single string is a pattern that must "
@@ -329,7 +331,7 @@ def get_lora_model(model: nn.Module, config):
     check_dropout(config.lora_dropout)
     targets = config.target_modules
     if isinstance(targets, str):  # "all-linear", or a pattern that must match a module's whole name
-        if targets.lower() == ALL_LINEAR or targets in linear_modules_by_kind(model):
+        if targets.lower() == ALL_LINEAR or targets in modules_by_kind(model, nn.Linear):
             resolve_targets(model, targets)
     elif targets is not None:
         resolve_targets(model, sorted(targets))  # PEFT silently skips a misspelt name when another one matches

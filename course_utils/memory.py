@@ -14,7 +14,7 @@ transformers store it (checked against real loads in tests/test_memory.py):
   Embeddings, norms and `lm_head` are not quantized and stay in the load dtype.
 
 `training_memory(config, method, ...)` adds gradients, optimizer states and activations for full fine-tuning,
-LoRA and QLoRA, and says which GPUs the total fits.
+LoRA and QLoRA, and says which GPUs the total fits. course_utils.footprint measures the same on a real model.
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
 from transformers import LlamaConfig
 
+from course_utils.lora import COURSE_RANK, COURSE_TARGETS, lora_shapes, target_kinds
 from course_utils.params import LINEAR_KINDS, head_dim, linear_shapes, param_breakdown
+from course_utils.quantization import DOUBLE_QUANT_BLOCK_SIZE, NF4_BLOCK_SIZE
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
 FLOAT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-NF4_BLOCK = 64  # weights per absmax in bitsandbytes' 4-bit quantization (its default, used by QLoRA)
-NESTED_BLOCK = 256  # absmax per second-level block in double quantization
 CODE_8BIT_ENTRIES = 256  # the float32 code table of the 8-bit quantization of the absmax
 CODE_4BIT_ENTRIES = 16  # the float32 NF4 code table every 4-bit layer carries
 
@@ -39,19 +38,21 @@ GPUS: dict[str, float] = {"T4": 15, "L4": 24, "A100 40GB": 40, "A100 80GB": 80, 
 HEADROOM = 0.02  # fraction of a GPU kept free for the CUDA context and the allocator's fragmentation (assumed)
 
 METHODS = ("full", "full-mixed", "lora", "qlora")
-OPTIMIZERS = ("adamw", "adamw-8bit")
+# The optimizers the course trains with, by the names transformers' Trainer uses (`optim=`): torch's AdamW, and
+# bitsandbytes' 8-bit AdamW, plain or paged (the same bytes: paging moves them to CPU memory when the GPU is full).
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes keeps 32-bit optimizer states for tensors smaller than this
 
 
 # ----------------------------------------------------------------------------------------------- weights
 
-def nf4_bytes(n_weights: int, double_quant: bool = True, blocksize: int = NF4_BLOCK) -> dict[str, int]:
+def nf4_bytes(n_weights: int, double_quant: bool = True, blocksize: int = NF4_BLOCK_SIZE) -> dict[str, int]:
     """The bytes bitsandbytes stores for one 4-bit (NF4) weight matrix of `n_weights` weights, by tensor."""
     blocks = math.ceil(n_weights / blocksize)
     out = {"packed 4-bit weights": math.ceil(n_weights / 2), "NF4 code": 4 * CODE_4BIT_ENTRIES}
     if double_quant:
         out["absmax (8-bit)"] = blocks
-        out["nested absmax, mean, code (fp32)"] = 4 * (math.ceil(blocks / NESTED_BLOCK) + 1 + CODE_8BIT_ENTRIES)
+        out["nested absmax, mean, code (fp32)"] = 4 * (math.ceil(blocks / DOUBLE_QUANT_BLOCK_SIZE) + 1 + CODE_8BIT_ENTRIES)
     else:
         out["absmax (fp32)"] = 4 * blocks
     return out
@@ -99,101 +100,7 @@ def weight_bytes(config: LlamaConfig, precision: str = "bf16", double_quant: boo
     return sum(weight_breakdown(config, precision, double_quant, unquantized).values())
 
 
-def bits_per_weight(precision: str, double_quant: bool = True, blocksize: int = NF4_BLOCK) -> float:
-    """Average bits per quantized weight, constants included (ignoring the per-layer code tables)."""
-    precision = _check_choice(precision, PRECISIONS, "precision")
-    if precision in FLOAT_BYTES:
-        return 8.0 * FLOAT_BYTES[precision]
-    if precision == "int8":
-        return 8.0  # plus 32 bits per output row, which is 32 / in_features per weight
-    from course_utils.quantization import nf4_bits_per_param
-    return nf4_bits_per_param(blocksize, double_quant, NESTED_BLOCK)
-
-
-def tensors_of(model) -> list:
-    """Every tensor a model holds: parameters, buffers, and the quantization state bitsandbytes hangs on a
-    quantized weight (`quant_state` for 4-bit: absmax, code, offset and the nested state; `SCB` for int8)."""
-    found = list(model.parameters()) + list(model.buffers())
-
-    def walk(obj, depth=0):
-        if isinstance(obj, torch.Tensor):
-            found.append(obj)
-        elif depth < 3 and hasattr(obj, "__dict__") and type(obj).__name__ == "QuantState":
-            for value in vars(obj).values():
-                walk(value, depth + 1)
-
-    for p in model.parameters():
-        walk(getattr(p, "quant_state", None))
-        walk(getattr(p, "SCB", None))
-    return found
-
-
-def model_bytes(model) -> int:
-    """The measured bytes of every tensor in `tensors_of(model)`, each storage counted once (tied weights)."""
-    return _unique_bytes(tensors_of(model))
-
-
-def measure_training_step(model, input_ids, optimizer) -> dict[str, int]:
-    """Run one training step (forward with labels, backward, optimizer step) and measure its memory, by part.
-
-    weights: `model_bytes` before the step (trainable adapters split out as "trainable weights" when the
-    base is frozen); activations: every tensor autograd saves for the backward pass, each storage once,
-    parameters excluded (recorded with `torch.autograd.graph.saved_tensors_hooks`); gradients: the `.grad`
-    tensors; optimizer states: every tensor in `optimizer.state`.
-    """
-    params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
-    frozen_base = len(trainable) < len(params)
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in param_ptrs:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    total_weights = model_bytes(model)
-    trainable_bytes = _unique_bytes(trainable) if frozen_base else 0
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(input_ids=input_ids, labels=input_ids).loss
-    loss.backward()
-    optimizer.step()
-    states = [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
-    out = {"weights": total_weights - trainable_bytes, "trainable weights": trainable_bytes,
-           "gradients": _unique_bytes([p.grad for p in trainable if p.grad is not None]),
-           "optimizer states": _unique_bytes(states), "activations (saved for backward)": sum(saved.values())}
-    optimizer.zero_grad(set_to_none=True)
-    return out
-
-
-def _unique_bytes(tensors) -> int:
-    """Bytes of the storages behind `tensors`, each counted once (meta tensors have no storage to share)."""
-    seen = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        key = ("meta", id(t)) if t.is_meta else (t.device.type, storage.data_ptr())
-        seen[key] = t.numel() * t.element_size() if t.is_meta else storage.nbytes()
-    return sum(seen.values())
-
-
 # ---------------------------------------------------------------------------------------------- training
-
-def lora_shapes(config: LlamaConfig, rank: int, targets) -> list[tuple[int, int]]:
-    """Shapes (rows, cols) of every LoRA matrix: A is rank x in, B is out x rank, per target, per layer."""
-    targets = _check_targets(targets)
-    shapes = linear_shapes(config)
-    out = []
-    for kind in targets:
-        i, o = shapes[kind]
-        out += [(rank, i), (o, rank)] * config.num_hidden_layers
-    return out
-
-
-def lora_params(config: LlamaConfig, rank: int, targets) -> int:
-    """Trainable LoRA parameters: rank x (in + out) for every target module of every layer."""
-    return sum(r * c for r, c in lora_shapes(config, rank, targets))
-
 
 def optimizer_bytes(tensor_sizes: list[int], optimizer: str = "adamw", state_bytes: int = 4) -> int:
     """Optimizer memory for trainable tensors of the given sizes.
@@ -205,7 +112,7 @@ def optimizer_bytes(tensor_sizes: list[int], optimizer: str = "adamw", state_byt
     """
     optimizer = _check_choice(optimizer, OPTIMIZERS, "optimizer")
     total = 0
-    if optimizer == "adamw-8bit" and any(n >= BNB_8BIT_MIN_SIZE for n in tensor_sizes):
+    if optimizer != "adamw" and any(n >= BNB_8BIT_MIN_SIZE for n in tensor_sizes):
         total += 2 * 4 * 256  # the two float32 code tables, shared by all tensors of the optimizer
     for n in tensor_sizes:
         if optimizer == "adamw":
@@ -244,7 +151,7 @@ def activation_bytes(config: LlamaConfig, batch_size: int, seq_len: int, method:
     q, kv, h = config.num_attention_heads * e, config.num_key_value_heads * e, config.num_attention_heads
     a = compute_bytes
     full = method in ("full", "full-mixed")
-    trained = set(LINEAR_KINDS) if full else set(_check_targets(targets))
+    trained = set(LINEAR_KINDS) if full else set(target_kinds(targets))
     shapes = linear_shapes(config)
     copies = not full and adapter_bytes != a  # PEFT casts each target's input to the adapter dtype
 
@@ -319,7 +226,7 @@ def training_memory(config: LlamaConfig, method: str = "qlora", rank: int = 16, 
 
     method: "full" (fp32 weights, gradients and AdamW), "full-mixed" (16-bit weights and gradients, fp32
     master weights and AdamW moments, as in the ZeRO paper), "lora" (frozen 16-bit base + adapters) or
-    "qlora" (frozen NF4 base + adapters). `rank` and `targets` (module names such as "q_proj", or "all")
+    "qlora" (frozen NF4 base + adapters). `rank` and `targets` (module names such as "q_proj", or "all-linear")
     describe the adapters; `compute_dtype` is the 16-bit type of activations and unquantized weights;
     `adapter_dtype` is the adapters' storage (PEFT keeps them in fp32 by default).
     """
@@ -329,7 +236,7 @@ def training_memory(config: LlamaConfig, method: str = "qlora", rank: int = 16, 
     for name, value in (("rank", rank), ("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
-    targets = _check_targets(targets) if method in ("lora", "qlora") else tuple(LINEAR_KINDS)
+    targets = tuple(target_kinds(targets)) if method in ("lora", "qlora") else LINEAR_KINDS
     settings = dict(method=method, rank=rank, targets=targets, batch_size=batch_size, seq_len=seq_len,
                     gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, compute_dtype=compute_dtype,
                     adapter_dtype=adapter_dtype, double_quant=double_quant)
@@ -378,7 +285,7 @@ def suggested_settings(estimate: TrainingMemory, gpu: str = "T4") -> tuple[list[
         ladder.append(("turn on gradient checkpointing", {"gradient_checkpointing": True}))
     if s["method"] in ("full", "full-mixed"):
         if s["optimizer"] == "adamw":
-            ladder.append(("use 8-bit AdamW", {"optimizer": "adamw-8bit"}))
+            ladder.append(("use 8-bit AdamW", {"optimizer": "adamw_8bit"}))
         ladder.append(("train a LoRA adapter instead of all weights", {"method": "lora"}))
         ladder.append(("train a QLoRA adapter (LoRA on a frozen NF4 base)", {"method": "qlora"}))
     if s["method"] == "lora":
@@ -432,13 +339,20 @@ def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     return value.lower()
 
 
-def _check_targets(targets) -> tuple[str, ...]:
-    if targets == "all" or targets == "all-linear":
-        return tuple(LINEAR_KINDS)
-    if isinstance(targets, str):
-        targets = [t.strip() for t in targets.split(",")]
-    targets = tuple(targets)
-    bad = [t for t in targets if t not in LINEAR_KINDS]
-    if bad or not targets:
-        raise ValueError(f"Unknown LoRA target(s) {bad or targets}; choose from {', '.join(LINEAR_KINDS)} or 'all'.")
-    return targets
+def preset_memory(config: LlamaConfig, train_config, rank: int = COURSE_RANK,
+                  targets: tuple[str, ...] = COURSE_TARGETS, prepared: bool = True) -> TrainingMemory:
+    """The estimated peak memory of QLoRA training with a `training.TrainConfig` preset (bytes by part).
+
+    It is `training_memory` with the preset's batch size, sequence length, checkpointing, optimizer and
+    compute dtype; with `prepared`, the embeddings, norms and lm_head count in fp32, because
+    `prepare_model_for_kbit_training` upcasts every weight bitsandbytes left unquantized.
+    """
+    compute = "bf16" if train_config.mixed_precision == "bf16" else "fp16"
+    estimate = training_memory(
+        config, "qlora", rank=rank, targets=targets, batch_size=train_config.batch_size,
+        seq_len=train_config.max_length, gradient_checkpointing=train_config.gradient_checkpointing,
+        compute_dtype=compute, optimizer=train_config.optimizer)
+    if prepared:
+        estimate.weights += (weight_bytes(config, "nf4", unquantized="fp32")
+                             - weight_bytes(config, "nf4", unquantized=compute))
+    return estimate

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from transformers import LlamaConfig
 
 from course_utils.architecture import size_summary
+from course_utils.data import show_tokens
 from course_utils.lora import check_rank_alpha
 from course_utils.memory import GPUS, TrainingMemory
 
@@ -163,3 +166,90 @@ def draw_lora_to_scale(in_features: int, out_features: int, r: int, name: str = 
     ax.axis("off")
     ax.set_title(f"W x + (alpha / r) B A x, drawn to scale: rank r = {r}", fontsize=11)
     return ax
+
+
+def plot_loss_mask(tokenizer, example: dict, per_row: int = 14, ax=None):
+    """The tokens of an encoded example in reading order: grey = prompt (no loss), orange = graded by the loss."""
+    shown = show_tokens(tokenizer, example)
+    rows = (len(shown) + per_row - 1) // per_row
+    if ax is None:
+        _, ax = plt.subplots(figsize=(per_row * 0.95, rows * 0.55 + 0.6))
+    for i, (token, _, counted) in enumerate(shown):
+        r, c = divmod(i, per_row)
+        text = token.replace("Ġ", "␣").replace("Ċ", "\\n")
+        ax.add_patch(FancyBboxPatch((c + 0.05, -r - 0.4), 0.9, 0.8, boxstyle="round,pad=0.02",
+                                    color="tab:orange" if counted else "0.85"))
+        ax.text(c + 0.5, -r, text, ha="center", va="center", fontsize=8, family="monospace")
+    ax.set_xlim(0, per_row)
+    ax.set_ylim(-rows + 0.4, 0.6)
+    ax.axis("off")
+    n_loss = sum(counted for *_, counted in shown)
+    ax.set_title(f"{len(shown)} tokens; the loss grades the {n_loss} orange ones (the answer and EOS)", fontsize=10)
+    return ax
+
+
+class LivePlot:
+    """A loss curve that redraws in place in a notebook (an IPython display handle), at most every `every_s`
+    seconds; its last state stays in the notebook's output. Outside a notebook it only records the points."""
+
+    def __init__(self, total_steps: int, title: str = "Training loss", every_s: float = 2.0, smooth: float = 0.9):
+        self.total_steps, self.title, self.every_s, self.smooth = total_steps, title, every_s, smooth
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self._last_draw = 0.0
+        self._fig = self._handle = None
+        self._live = _in_notebook()
+
+    def update(self, step: int, loss: float, force: bool = False) -> None:
+        self.steps.append(step)
+        self.losses.append(loss)
+        if self._live and (force or time.perf_counter() - self._last_draw >= self.every_s):
+            self.draw()
+
+    def smoothed(self) -> list[float]:
+        out, avg = [], None
+        for loss in self.losses:
+            avg = loss if avg is None else self.smooth * avg + (1 - self.smooth) * loss
+            out.append(avg)
+        return out
+
+    def figure(self):
+        if self._fig is None:
+            self._fig, self._ax = plt.subplots(figsize=(7, 3.2))
+            plt.close(self._fig)  # shown through the display handle only, never twice
+        ax = self._ax
+        ax.clear()
+        ax.plot(self.steps, self.losses, color="tab:blue", alpha=0.3, lw=1, label="loss per step")
+        if self.losses:
+            ax.plot(self.steps, self.smoothed(), color="tab:blue", lw=2, label="smoothed")
+            ax.set_title(f"{self.title}: step {self.steps[-1] + 1}/{self.total_steps}, loss {self.losses[-1]:.3f}")
+        ax.set_xlim(0, max(self.total_steps, 1))
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss on the answer tokens")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+        self._fig.tight_layout()
+        return self._fig
+
+    def draw(self) -> None:
+        from IPython.display import display
+        fig = self.figure()
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+        self._last_draw = time.perf_counter()
+
+    def close(self) -> None:
+        """Draw the final state."""
+        if self._live and self.steps:
+            self.draw()
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        return False
+    return shell is not None and type(shell).__name__ != "TerminalInteractiveShell"

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+# The bitsandbytes the course is tested with: Colab lacks it, so it is pinned (requirements.txt says the same,
+# and a test holds them together).
+BITSANDBYTES_PIN = "bitsandbytes==0.50.2"
+MIN_BITSANDBYTES = "0.49"  # the first release whose 4-bit kernels also run on CPUs
+
 INT8_MAX = 127  # symmetric int8: levels -127 ... 127, so that 0 is exact and +-absmax map to +-127
 NF4_BLOCK_SIZE = 64  # weights per absmax in QLoRA (and bitsandbytes' default)
 DOUBLE_QUANT_BLOCK_SIZE = 256  # block constants per second-level absmax
@@ -210,13 +215,8 @@ def nf4_bits_per_param(block_size: int = NF4_BLOCK_SIZE, double_quant: bool = Fa
     return 4 + 32 / block_size
 
 
-def nf4_bytes(num_params: int, double_quant: bool = True, block_size: int = NF4_BLOCK_SIZE) -> float:
-    """Bytes that `num_params` weights take in NF4, block constants included (see `nf4_bits_per_param`)."""
-    return num_params * nf4_bits_per_param(block_size, double_quant) / 8
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Errors, models, and whether bitsandbytes can run here
+# Models, and whether bitsandbytes can run here
 # ----------------------------------------------------------------------------------------------------------
 
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -237,53 +237,19 @@ def replace_with_nf4_roundtrip(model: nn.Module, double_quant: bool = True) -> n
     return model
 
 
-def footprint_bytes(model: nn.Module) -> dict[str, int]:
-    """Bytes a (possibly 4-bit) model holds, by kind: 4-bit weights, their block constants (absmax, second-level
-    absmax and mean with double quantization), their code books, and everything else (unquantized parameters and
-    buffers). A tensor shared by two modules (tied embeddings) is counted once.
-
-    `model.get_memory_footprint()` counts parameters and buffers only, so it misses the block constants and the
-    code books, which bitsandbytes keeps beside each 4-bit weight (`weight.quant_state`).
-    """
-    sizes = {"4-bit weights": 0, "block constants": 0, "code books": 0, "other weights and buffers": 0}
-    seen: set[int] = set()
-
-    def add(kind: str, t: torch.Tensor | None) -> None:
-        if isinstance(t, torch.Tensor) and t.device.type != "meta":
-            key = t.untyped_storage().data_ptr() if t.numel() else id(t)
-            if key not in seen:
-                seen.add(key)
-                sizes[kind] += t.numel() * t.element_size()
-
-    for tensor in [*model.parameters(), *model.buffers()]:
-        state = getattr(tensor, "quant_state", None)
-        if state is None:
-            add("other weights and buffers", tensor)
-            continue
-        add("4-bit weights", tensor)
-        add("block constants", state.absmax)
-        add("code books", state.code)
-        if getattr(state, "nested", False):
-            add("block constants", state.offset)
-            add("block constants", state.state2.absmax)
-            add("code books", state.state2.code)
-    return sizes
-
-
 def four_bit_problem(device: str | torch.device = "cpu") -> str | None:
     """Why bitsandbytes can't do 4-bit NF4 on `device` here, in a sentence that says what to do, or None.
 
-    Checks that bitsandbytes is installed and recent enough (`runtime.bitsandbytes_problem`), then quantizes a
+    Checks that bitsandbytes is installed and recent enough (`bitsandbytes_problem`), then quantizes a
     small tensor with it and compares the result with `nf4_quantize`: a missing kernel for this device, a CUDA
     build that doesn't match the driver, or wrong numbers all show up here rather than in the middle of a lesson.
     """
-    from course_utils.runtime import bitsandbytes_problem
     problem = bitsandbytes_problem()
     if problem:
         return problem
     import bitsandbytes as bnb
     from bitsandbytes.functional import dequantize_4bit, quantize_4bit
-    install = "run `pip install bitsandbytes==0.50.2` (0.49 and newer also run on CPUs) and restart the runtime"
+    install = f"run `pip install {BITSANDBYTES_PIN}` (0.49 and newer also run on CPUs) and restart the runtime"
     x = torch.linspace(-1, 1, 2 * NF4_BLOCK_SIZE)
     try:
         packed, state = quantize_4bit(x.to(device), blocksize=NF4_BLOCK_SIZE, quant_type="nf4")
@@ -296,3 +262,35 @@ def four_bit_problem(device: str | torch.device = "cpu") -> str | None:
     if not torch.allclose(back.reshape(-1), expected, atol=1e-6):
         return f"bitsandbytes {bnb.__version__} gives wrong 4-bit values on {device}; {install}"
     return None
+
+
+def bitsandbytes_problem() -> str | None:
+    """Why 4-bit loading can't run here, in a sentence, or None when bitsandbytes is usable."""
+    try:
+        import bitsandbytes as bnb
+    except Exception as err:
+        return (f"bitsandbytes is not installed or failed to import ({type(err).__name__}); "
+                f"run `pip install {BITSANDBYTES_PIN}`")
+    from packaging.version import Version
+    if Version(bnb.__version__) < Version(MIN_BITSANDBYTES):
+        return f"bitsandbytes {bnb.__version__} is too old for 4-bit on this machine; run `pip install {BITSANDBYTES_PIN}`"
+    return None
+
+
+def bnb_4bit_config(compute_dtype: torch.dtype = torch.float16, double_quant: bool = True):
+    """NF4 storage as QLoRA uses it. transformers' own defaults are fp4 without double quantization, so ask."""
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
+
+
+def keep_standard_4bit_layout(model: nn.Module) -> None:
+    """Keep bitsandbytes' 4-bit weights in their standard layout on a CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a `Linear4bit`'s weight for a faster kernel at its first
+    inference forward, and undoes that only in part when the state dict is read (saving, merging): the outputs
+    then change after `save_pretrained`. The course's models are small, so they keep the standard layout.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from course_utils.quantization import bnb_4bit_config, four_bit_problem, keep_standard_4bit_layout
+
 PROFILE_ENV = "COURSE_PROFILE"
 PROFILES = ("offline", "cpu", "gpu")
 CPU_MODEL_ID = "HuggingFaceTB/SmolLM2-135M"
@@ -215,25 +217,6 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
-def bnb_4bit_config(compute_dtype: torch.dtype = torch.float16, double_quant: bool = True):
-    """NF4 storage as QLoRA uses it. transformers' own defaults are fp4 without double quantization, so ask."""
-    from transformers import BitsAndBytesConfig
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
-
-
-def bitsandbytes_problem() -> str | None:
-    """Why 4-bit loading can't run here, in a sentence, or None when bitsandbytes is usable."""
-    try:
-        import bitsandbytes as bnb
-    except Exception as err:
-        return f"bitsandbytes is not installed or failed to import ({type(err).__name__}); run `pip install bitsandbytes==0.50.2`"
-    from packaging.version import Version
-    if Version(bnb.__version__) < Version("0.49"):
-        return f"bitsandbytes {bnb.__version__} is too old for 4-bit on this machine; run `pip install bitsandbytes==0.50.2`"
-    return None
-
-
 def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtype | None = None):
     """(model, tokenizer) for a profile: 4-bit NF4 when asked and possible, else `dtype`; eval mode.
 
@@ -244,7 +227,6 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
     if os.environ.get("COURSE_TEXT_PROGRESS") == "1":
         hf_logging.disable_progress_bar()
     four_bit = profile.load_in_4bit if four_bit is None else four_bit
-    from course_utils.quantization import four_bit_problem  # it imports this module, so import it here
     if four_bit and (problem := four_bit_problem(profile.device)):
         print(f"Loading without 4-bit: {problem}.")
         four_bit = False
@@ -270,15 +252,3 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
     if four_bit and profile.device == "cpu":
         keep_standard_4bit_layout(model)
     return model.eval(), tokenizer
-
-
-def keep_standard_4bit_layout(model) -> None:
-    """Keep bitsandbytes' 4-bit weights in their standard layout on a CPU.
-
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a `Linear4bit`'s weight for a faster kernel at its first
-    inference forward, and undoes that only in part when the state dict is read (saving, merging): the outputs
-    then change after `save_pretrained`. The course's model is tiny, so it keeps the standard layout.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False

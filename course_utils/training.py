@@ -1,4 +1,4 @@
-"""A training loop you can read in one sitting, and the evaluation around it.
+"""A training loop you can read in one sitting, its presets, and the checkpoints that let a run resume.
 
 The loop in `train` is what every fine-tuning library does underneath:
 
@@ -11,6 +11,7 @@ The loop in `train` is what every fine-tuning library does underneath:
 
 around it: a fixed seed, gradient checkpointing, a progress bar, a live loss plot and resuming from the latest
 checkpoint, which is what lets a run survive a Colab disconnect when the checkpoints go to Google Drive.
+Measuring the result (generation, exact match, the base's checksum) is course_utils.evaluation's job.
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from course_utils import data as course_data
+from course_utils.lora import (COURSE_ALPHA, COURSE_DROPOUT, COURSE_RANK, COURSE_TARGETS, get_lora_model,
+                               lora_config)
+from course_utils.memory import OPTIMIZERS
 from course_utils.runtime import progress
+
+if TYPE_CHECKING:
+    from course_utils.data import Batches
+    from course_utils.plots import LivePlot
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -46,7 +54,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_length: int = 128            # tokens per example at most (the prompt's start is cut, never the answer)
-    optimizer: str = "adamw"         # "adamw" (torch) or "paged_adamw_8bit" (bitsandbytes)
+    optimizer: str = "adamw"         # one of memory.OPTIMIZERS: "adamw" (torch), "paged_adamw_8bit" (bitsandbytes)
     mixed_precision: str = "auto"    # "auto" (the model's compute dtype on a GPU), "fp16", "bf16" or "no"
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -58,10 +66,6 @@ class TrainConfig:
     def effective_batch(self) -> int:
         return self.batch_size * self.grad_accum
 
-
-# LoRA settings of the course: r=32, alpha=64 on the attention projections, dropout 0.1, on every profile.
-LORA_R, LORA_ALPHA, LORA_DROPOUT = 32, 64, 0.1
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 PRESETS: dict[str, TrainConfig] = {
     # The course's small model on a CPU: big batches of short sequences, a high learning rate (tiny model).
@@ -85,15 +89,14 @@ def preset_for(profile) -> TrainConfig:
     return replace(PRESETS.get(profile.name, PRESETS["offline"]))
 
 
-def add_lora(model, r: int = LORA_R, alpha: int = LORA_ALPHA, dropout: float = LORA_DROPOUT,
-             targets: tuple[str, ...] = LORA_TARGETS, seed: int = 0):
-    """The course's LoRA adapter on `model` (a fixed seed for lora_A's random start; lora_B starts at 0).
-    Targets are checked first: a wrong name lists the real ones (course_utils.lora)."""
-    from course_utils import lora
+def add_peft_lora(model, r: int = COURSE_RANK, alpha: float = COURSE_ALPHA, dropout: float = COURSE_DROPOUT,
+                  targets: tuple[str, ...] = COURSE_TARGETS, seed: int = 0):
+    """The course's LoRA adapter on `model`, through PEFT (a fixed seed for lora_A's random start; lora_B starts
+    at 0). Targets are checked first: a wrong name lists the real ones (course_utils.lora)."""
     set_seed(seed)
-    config = lora.lora_config(model, r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout,
-                              task_type="CAUSAL_LM")
-    return lora.get_lora_model(model, config)
+    peft_config = lora_config(model, r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout,
+                         task_type="CAUSAL_LM")
+    return get_lora_model(model, peft_config)
 
 
 def set_seed(seed: int) -> None:
@@ -119,36 +122,37 @@ def enable_gradient_checkpointing(model) -> None:
         model.config.use_cache = False
 
 
-def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW keeps two fp32 numbers per parameter; bitsandbytes' paged 8-bit AdamW keeps two bytes, and pages
-    them to CPU memory when the GPU runs short."""
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
-    if config.optimizer in ("paged_adamw_8bit", "adamw_8bit"):
-        import bitsandbytes as bnb
-        cls = bnb.optim.PagedAdamW8bit if config.optimizer.startswith("paged") else bnb.optim.AdamW8bit
-        return cls(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}: use 'adamw' or 'paged_adamw_8bit'")
+def make_optimizer(params: list[torch.nn.Parameter], train_config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW keeps two fp32 numbers per parameter; bitsandbytes' 8-bit AdamW keeps two bytes, and its paged
+    version pages them to CPU memory when the GPU runs short."""
+    name = train_config.optimizer
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+    kwargs = dict(lr=train_config.lr, betas=tuple(train_config.betas), weight_decay=train_config.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    import bitsandbytes as bnb
+    return (bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit)(params, **kwargs)
 
 
-def lr_factor(step: int, config: TrainConfig) -> float:
+def lr_factor(step: int, train_config: TrainConfig) -> float:
     """Linear warmup over `warmup_steps`, flat until `decay_from` x steps, then linear decay to 0 at `steps`."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    decay_start = max(config.warmup_steps, int(config.decay_from * config.steps))
+    if step < train_config.warmup_steps:
+        return (step + 1) / train_config.warmup_steps
+    decay_start = max(train_config.warmup_steps, int(train_config.decay_from * train_config.steps))
     if step < decay_start:
         return 1.0
-    return max(0.0, (config.steps - step) / max(1, config.steps - decay_start))
+    return max(0.0, (train_config.steps - step) / max(1, train_config.steps - decay_start))
 
 
-def autocast_dtype(model, config: TrainConfig) -> torch.dtype | None:
+def autocast_dtype(model, train_config: TrainConfig) -> torch.dtype | None:
     """The dtype to autocast to, or None: only on a GPU (on a CPU the course trains in fp32)."""
     device = model_device(model)
-    if device.type != "cuda" or config.mixed_precision == "no":
+    if device.type != "cuda" or train_config.mixed_precision == "no":
         return None
-    if config.mixed_precision == "fp16":
+    if train_config.mixed_precision == "fp16":
         return torch.float16
-    if config.mixed_precision == "bf16":
+    if train_config.mixed_precision == "bf16":
         return torch.bfloat16
     dtype = getattr(getattr(model, "config", None), "dtype", None) or torch.float16
     return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
@@ -156,78 +160,6 @@ def autocast_dtype(model, config: TrainConfig) -> torch.dtype | None:
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The live loss plot
-# ----------------------------------------------------------------------------------------------------------
-
-class LivePlot:
-    """A loss curve that redraws in place in a notebook (an IPython display handle), at most every `every_s`
-    seconds; its last state stays in the notebook's output. Outside a notebook it only records the points."""
-
-    def __init__(self, total_steps: int, title: str = "Training loss", every_s: float = 2.0, smooth: float = 0.9):
-        self.total_steps, self.title, self.every_s, self.smooth = total_steps, title, every_s, smooth
-        self.steps: list[int] = []
-        self.losses: list[float] = []
-        self._last_draw = 0.0
-        self._fig = self._handle = None
-        self._live = _in_notebook()
-
-    def update(self, step: int, loss: float, force: bool = False) -> None:
-        self.steps.append(step)
-        self.losses.append(loss)
-        if self._live and (force or time.perf_counter() - self._last_draw >= self.every_s):
-            self.draw()
-
-    def smoothed(self) -> list[float]:
-        out, avg = [], None
-        for loss in self.losses:
-            avg = loss if avg is None else self.smooth * avg + (1 - self.smooth) * loss
-            out.append(avg)
-        return out
-
-    def figure(self):
-        import matplotlib.pyplot as plt
-        if self._fig is None:
-            self._fig, self._ax = plt.subplots(figsize=(7, 3.2))
-            plt.close(self._fig)  # shown through the display handle only, never twice
-        ax = self._ax
-        ax.clear()
-        ax.plot(self.steps, self.losses, color="tab:blue", alpha=0.3, lw=1, label="loss per step")
-        if self.losses:
-            ax.plot(self.steps, self.smoothed(), color="tab:blue", lw=2, label="smoothed")
-            ax.set_title(f"{self.title}: step {self.steps[-1] + 1}/{self.total_steps}, loss {self.losses[-1]:.3f}")
-        ax.set_xlim(0, max(self.total_steps, 1))
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss on the answer tokens")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
-        self._fig.tight_layout()
-        return self._fig
-
-    def draw(self) -> None:
-        from IPython.display import display
-        fig = self.figure()
-        if self._handle is None:
-            self._handle = display(fig, display_id=True)
-        else:
-            self._handle.update(fig)
-        self._last_draw = time.perf_counter()
-
-    def close(self) -> None:
-        """Draw the final state."""
-        if self._live and self.steps:
-            self.draw()
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-        shell = get_ipython()
-    except ImportError:
-        return False
-    return shell is not None and type(shell).__name__ != "TerminalInteractiveShell"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -251,7 +183,7 @@ def run_folder(name: str) -> Path:
 
 
 def save_checkpoint(folder: str | Path, step: int, model, optimizer, scheduler, scaler, history: list[dict],
-                    config: TrainConfig) -> Path:
+                    train_config: TrainConfig) -> Path:
     """Save everything a resume needs after `step` optimizer steps, into `folder/checkpoint-<step>/`.
 
     Only the trainable (adapter) weights are saved, so a checkpoint is as small as the adapter. The folder is
@@ -277,10 +209,10 @@ def save_checkpoint(folder: str | Path, step: int, model, optimizer, scheduler, 
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "history": history,
     }, tmp / "training_state.pt")
-    (tmp / "train_config.json").write_text(json.dumps(asdict(config), indent=1))
+    (tmp / "train_config.json").write_text(json.dumps(asdict(train_config), indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    old = list_checkpoints(folder)[:-config.keep_checkpoints] if config.keep_checkpoints > 0 else []
+    old = list_checkpoints(folder)[:-train_config.keep_checkpoints] if train_config.keep_checkpoints > 0 else []
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
     return final
@@ -347,9 +279,9 @@ class TrainResult:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def train(model, batches: "course_data.Batches", config: TrainConfig, plot: LivePlot | None = None,
+def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | None = None,
           resume: bool = True, on_step=None, show_progress: bool = True) -> TrainResult:
-    """Train the parameters of `model` that require grad for `config.steps` optimizer steps.
+    """Train the parameters of `model` that require grad for `train_config.steps` optimizer steps.
 
     `batches.batch(i)` gives micro-batch i, so the data order depends only on the seed and the step, and a run
     resumed from a checkpoint sees exactly the batches an uninterrupted run would have. With `resume` and a
@@ -360,42 +292,42 @@ def train(model, batches: "course_data.Batches", config: TrainConfig, plot: Live
     params = list(trainable_parameters(model).values())
     if not params:
         raise ValueError("no parameter requires grad: freeze the base and add an adapter first")
-    if config.gradient_checkpointing:
+    if train_config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    optimizer = make_optimizer(params, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    amp_dtype = autocast_dtype(model, config)
+    optimizer = make_optimizer(params, train_config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train_config))
+    amp_dtype = autocast_dtype(model, train_config)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # fp16 needs loss scaling
 
     start, history, resumed_from = 0, [], None
-    checkpoint = latest_checkpoint(config.checkpoint_dir) if resume else None
+    checkpoint = latest_checkpoint(train_config.checkpoint_dir) if resume else None
     if checkpoint is not None:
         start, history = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
         resumed_from = str(checkpoint)
         print(f"Resuming after step {start} from {checkpoint}")
     else:
-        set_seed(config.seed)
+        set_seed(train_config.seed)
     if plot is not None:
         for row in history:
             plot.update(row["step"], row["loss"])
 
     model.train()
     result = TrainResult(history=history, resumed_from=resumed_from)
-    bar = progress(range(start, config.steps), total=config.steps, initial=start, desc="training",
-                   disable=not show_progress)
+    bar = progress(range(start, train_config.steps), total=train_config.steps, initial=start,
+                   desc="training", disable=not show_progress)
     t0 = time.perf_counter()
     for step in bar:
         step_loss, step_tokens = 0.0, 0
-        for micro in range(config.grad_accum):
-            batch = {k: v.to(device) for k, v in batches.batch(step * config.grad_accum + micro).items()}
+        for micro in range(train_config.grad_accum):
+            batch = {k: v.to(device) for k, v in batches.batch(step * train_config.grad_accum + micro).items()}
             with _autocast(device, amp_dtype):
-                loss = model(**batch).loss / config.grad_accum        # forward
+                loss = model(**batch).loss / train_config.grad_accum  # forward
             (scaler.scale(loss) if scaler else loss).backward()       # backward: grads for the adapter only
             step_loss += loss.item()
             step_tokens += int(batch["attention_mask"].sum())
         if scaler:
             scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, train_config.max_grad_norm)
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -413,8 +345,10 @@ def train(model, batches: "course_data.Batches", config: TrainConfig, plot: Live
             bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
         if plot is not None:
             plot.update(step, step_loss)
-        if config.checkpoint_dir and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            save_checkpoint(config.checkpoint_dir, step + 1, model, optimizer, scheduler, scaler, history, config)
+        every = train_config.checkpoint_every
+        if train_config.checkpoint_dir and every and (step + 1) % every == 0:
+            save_checkpoint(train_config.checkpoint_dir, step + 1, model, optimizer, scheduler, scaler, history,
+                            train_config)
         if on_step is not None:
             on_step(step, step_loss)
     if device.type == "cuda":
@@ -432,157 +366,3 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Evaluation: generate the records, score them, show them side by side
-# ----------------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def generate(model, tokenizer, examples: list[dict], batch_size: int = 100, max_new_tokens: int | None = None,
-             show_progress: bool = False) -> list[str]:
-    """Greedy continuations of the prompts of `examples` (left-padded batches), as text."""
-    device = model_device(model)
-    if max_new_tokens is None:  # the longest answer in tokens, and a little room
-        max_new_tokens = max(len(tokenizer(course_data.make_answer(ex["record"]), add_special_tokens=False)["input_ids"])
-                             for ex in examples) + 4
-    was_training = model.training
-    model.eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts = []
-    chunks = range(0, len(examples), batch_size)
-    for i in progress(chunks, desc="generating", disable=not show_progress):
-        prompts = [{"input_ids": course_data.encode_prompt(tokenizer, ex)} for ex in examples[i:i + batch_size]]
-        batch = course_data.pad_batch(prompts, pad_id, side="left")
-        out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                             pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-        texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    model.train(was_training)
-    return texts
-
-
-def evaluate(model, tokenizer, examples: list[dict], batch_size: int = 100, show_progress: bool = False) -> dict:
-    """Generate a record for every example and score it: exact match, per-field accuracy, predictions, seconds."""
-    t0 = time.perf_counter()
-    predictions = generate(model, tokenizer, examples, batch_size=batch_size, show_progress=show_progress)
-    result = course_data.score(predictions, examples)
-    result.update(predictions=predictions, seconds=time.perf_counter() - t0)
-    return result
-
-
-@torch.no_grad()
-def note_skills(model, tokenizer, docs: list[str]) -> dict[str, float]:
-    """How often the model's top guess is the right normalized value in "Notes:" lines, per key (teacher forcing).
-
-    The pretraining script prints this: it is the skill the fine-tuning builds on (a base that cannot pick out
-    and normalize a detail has nothing for LoRA to reuse).
-    """
-    model.eval()
-    device = model_device(model)
-    hits = {k: 0 for k in course_data.FIELDS}
-    counts = dict(hits)
-    vocab = tokenizer.get_vocab()
-    key_ids = {vocab["Ġ" + k]: k for k in course_data.FIELDS if "Ġ" + k in vocab}
-    for doc in docs:
-        if "\nNotes:" not in doc:
-            continue
-        ids = tokenizer(doc)["input_ids"]
-        start = len(tokenizer(doc.split("\nNotes:")[0])["input_ids"])
-        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0]
-        for i in range(start, len(ids) - 1):
-            key = key_ids.get(ids[i])
-            if key is not None:  # the token after the key is the value's first token
-                counts[key] += 1
-                hits[key] += int(logits[i].argmax()) == ids[i + 1]
-    return {k: hits[k] / counts[k] for k in course_data.FIELDS if counts[k]}
-
-
-@torch.no_grad()
-def token_losses(model, tokenizer, example: dict, top: int = 3) -> list[dict]:
-    """For every token the loss grades in `example` (its answer and EOS): the token, its loss in nats, and the
-    model's `top` guesses with their probabilities. A loss of -ln(p) means the right token got probability p.
-    Ids the tokenizer does not have (a model's embedding table can be longer) show as "<unused id N>"."""
-    enc = course_data.encode_example(tokenizer, example)
-    device = model_device(model)
-    ids = torch.tensor([enc["input_ids"]], device=device)
-    was_training = model.training
-    model.eval()
-    logits = model(input_ids=ids).logits[0, :-1].float()  # the prediction for each next token
-    model.train(was_training)
-    nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none").cpu()
-    probs, guesses = torch.softmax(logits, -1).topk(top, dim=-1)
-
-    def name(i: int) -> str:
-        return tokenizer.convert_ids_to_tokens(i) if i < len(tokenizer) else f"<unused id {i}>"
-    rows = []
-    for pos, label in enumerate(enc["labels"][1:]):
-        if label != course_data.IGNORE_INDEX:
-            rows.append({"token": name(int(ids[0, pos + 1])), "loss": float(nll[pos]),
-                         "top": [(name(int(g)), float(p)) for g, p in zip(guesses[pos], probs[pos])]})
-    return rows
-
-
-def side_by_side(examples: list[dict], before: list[str], after: list[str], n: int = 5, width: int = 80) -> str:
-    """A text table: the request, the base model's record and the fine-tuned one, marked right or wrong."""
-    def mark(pred: str, ex: dict) -> str:
-        first = pred.strip().split("\n", 1)[0]
-        ok = course_data.parse_record(pred) == ex["record"]
-        return ("✅ " if ok else "❌ ") + (first[:width - 3] + "..." if len(first) > width else first)
-    lines = []
-    for ex, b, a in list(zip(examples, before, after))[:n]:
-        lines += [f"request:  {ex['request']}", f"expected: {ex['target']}", f"before:   {mark(b, ex)}",
-                  f"after:    {mark(a, ex)}", ""]
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Proofs: the base is unchanged, the adapter is small
-# ----------------------------------------------------------------------------------------------------------
-
-def weights_checksum(model, skip: tuple[str, ...] = ("lora_",)) -> str:
-    """sha256 of the model's weights, skipping parameters whose name contains one of `skip` (the adapter).
-
-    A 4-bit weight is hashed as its packed NF4 bytes; any other weight by its values as float32, so the
-    upcast of norms to fp32 by `prepare_model_for_kbit_training` does not count as a change.
-    """
-    import hashlib
-    digest = hashlib.sha256()
-    for name, p in model.named_parameters():
-        if any(s in name for s in skip):
-            continue
-        name = name.replace("base_model.model.", "").replace(".base_layer", "")  # the same name with or without peft
-        t = p.detach().cpu()  # to the CPU first: no extra GPU memory for the float32 copy
-        t = t if type(p).__name__ == "Params4bit" else t.float()
-        digest.update(name.encode())
-        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def folder_mb(folder: str | Path) -> float:
-    """Size on disk of the files in a folder (recursively), in MB (1e6 bytes)."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Memory of a preset: course_utils.memory's estimate with the preset's settings
-# ----------------------------------------------------------------------------------------------------------
-
-def preset_memory(model_config, config: TrainConfig, rank: int = LORA_R, targets: tuple[str, ...] = LORA_TARGETS,
-                  prepared: bool = True):
-    """The estimated peak memory of QLoRA training with `config` (a `memory.TrainingMemory`, bytes by part).
-
-    It is `memory.training_memory` with the preset's batch size, sequence length, checkpointing, optimizer
-    and compute dtype; with `prepared`, the embeddings, norms and lm_head count in fp32, because
-    `prepare_model_for_kbit_training` upcasts every weight bitsandbytes left unquantized.
-    """
-    from course_utils import memory
-    compute = "bf16" if config.mixed_precision == "bf16" else "fp16"
-    estimate = memory.training_memory(
-        model_config, "qlora", rank=rank, targets=targets, batch_size=config.batch_size, seq_len=config.max_length,
-        gradient_checkpointing=config.gradient_checkpointing, compute_dtype=compute,
-        optimizer="adamw-8bit" if config.optimizer.endswith("8bit") else "adamw")
-    if prepared:
-        estimate.weights += (memory.weight_bytes(model_config, "nf4", unquantized="fp32")
-                             - memory.weight_bytes(model_config, "nf4", unquantized=compute))
-    return estimate

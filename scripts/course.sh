@@ -4,7 +4,9 @@
 #   bash scripts/course.sh [--colab] [notebook names...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-args=()
-if [ "${1:-}" = "--colab" ]; then args=(--colab); shift; fi
-venv=$(bash scripts/setup_env.sh "${args[@]}" | tail -n 1)
+source scripts/venv_path.sh
+flag=()
+if [ "${1:-}" = "--colab" ]; then flag=(--colab); shift; fi
+venv=$(venv_path "${flag[@]}")
+bash scripts/setup_env.sh "${flag[@]}"
 "$venv/bin/python" scripts/run_notebooks.py --out build/notebooks "$@"

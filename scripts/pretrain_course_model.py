@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from course_utils import data, training  # noqa: E402
+from course_utils import data, pretraining, training  # noqa: E402
 from course_utils.configs import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,22 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     # 1. The text: never a request of the course's dataset, never a request next to its record.
     splits = data.make_dataset()
     dataset_requests = {ex["request"] for rows in splits.values() for ex in rows}
-    corpus = data.pretraining_corpus(N_DOCS, seed=CORPUS_SEED, exclude=dataset_requests)
+    corpus = pretraining.pretraining_corpus(N_DOCS, seed=CORPUS_SEED, exclude=dataset_requests)
 
     # 2. The tokenizer: one token per word, from the corpus and the dataset (so no test word is unknown).
-    tokenizer = data.build_tokenizer(corpus + [data.make_prompt(ex["request"]) + data.make_answer(ex["record"])
+    tokenizer = pretraining.build_tokenizer(corpus + [data.make_prompt(ex["request"]) + data.make_answer(ex["record"])
                                                for rows in splits.values() for ex in rows])
-    config = load_config("course-tiny")
+    config = load_config("course-llama")
     if len(tokenizer) > config.vocab_size:
-        raise SystemExit(f"the tokenizer has {len(tokenizer)} tokens but course-tiny.json has vocab_size "
-                         f"{config.vocab_size}: raise it in course_utils/model_configs/course-tiny.json")
-    features = [data.encode_document(tokenizer, doc) for doc in corpus]
+        raise SystemExit(f"the tokenizer has {len(tokenizer)} tokens but course-llama.json has vocab_size "
+                         f"{config.vocab_size}: raise it in course_utils/model_configs/course-llama.json")
+    features = [pretraining.encode_document(tokenizer, doc) for doc in corpus]
     n_tokens = sum(len(f["input_ids"]) for f in features)
     print(f"corpus: {len(corpus):,} documents, {n_tokens:,} tokens; vocabulary {len(tokenizer)} words "
           f"({time.perf_counter() - start:.1f} s)")
 
-    # 3. The model: course-tiny.json, random weights from the seed, every parameter trained.
-    held_out = data.pretraining_corpus(300, seed=CORPUS_SEED + 1000, exclude=dataset_requests)
+    # 3. The model: course-llama.json, random weights from the seed, every parameter trained.
+    held_out = pretraining.pretraining_corpus(300, seed=CORPUS_SEED + 1000, exclude=dataset_requests)
     probe = held_out[:100]
     show = lambda skills: ", ".join(f"{k} {v:.2f}" for k, v in skills.items())  # noqa: E731
     attempts = []
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def check(step, loss, model=model):
             if step + 1 == CHECK_STEP < recipe.steps:
-                skills = training.note_skills(model, tokenizer, probe)
+                skills = pretraining.note_skills(model, tokenizer, probe)
                 model.train()
                 if min(skills.values()) < CHECK_MIN:
                     raise Stuck(show(skills))
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"attempt {attempt + 1} (seed {seed}): a detail is still stuck at step {CHECK_STEP} ({stuck}); "
                   f"next seed ({time.perf_counter() - t0:.0f} s)")
             continue
-        skills = training.note_skills(model, tokenizer, held_out)
+        skills = pretraining.note_skills(model, tokenizer, held_out)
         attempts.append({"seed": seed, "skills": show(skills)})
         losses = [row["loss"] for row in result.history]
         print(f"attempt {attempt + 1} (seed {seed}): {recipe.steps} steps in {result.seconds:.0f} s, loss "
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     digest = file_sha256(weights)
     size_mb = sum(p.stat().st_size for p in out.iterdir() if p.is_file()) / 1e6
     (out / "pretraining.json").write_text(json.dumps({
-        "seed": seed, "attempts": attempts, "corpus_seed": CORPUS_SEED, "documents": len(corpus), "note_skills": skills, "tokens": n_tokens, "corpus_mix": data.CORPUS_MIX,
+        "seed": seed, "attempts": attempts, "corpus_seed": CORPUS_SEED, "documents": len(corpus), "note_skills": skills, "tokens": n_tokens, "corpus_mix": pretraining.CORPUS_MIX,
         "recipe": {k: v for k, v in recipe.__dict__.items() if k not in ("checkpoint_dir",)},
         "parameters": n_params, "seconds": round(result.seconds, 1), "final_loss": round(losses[-1], 4),
         "model_sha256": digest, "torch": torch.__version__}, indent=1, default=list) + "\n")

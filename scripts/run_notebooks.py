@@ -55,42 +55,33 @@ def execute(path: Path, timeout: int = 300, retries: int = 1) -> tuple[nbformat.
     from an earlier one's checkpoints.
     """
     with tempfile.TemporaryDirectory(prefix="course-run-") as scratch:
-        return _execute(path, timeout, retries, scratch)
-
-
-def _execute(path: Path, timeout: int, retries: int, scratch: str) -> tuple[nbformat.NotebookNode, float]:
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(path.parent)}})
-    old_env, kernel_env = dict(os.environ), offline_env()
-    kernel_env["COURSE_CHECKPOINT_ROOT"] = scratch
-    os.environ.clear()
-    os.environ.update(kernel_env)  # the kernel inherits this process's environment
-    try:
-        start = time.perf_counter()
-        try:
-            client.execute()
-        except CellTimeoutError:
-            # nbclient can wait forever for a reply that an idle kernel already sent when a cell displays
-            # ipywidgets (jupyter/nbclient#312); a cell here never needs `timeout` s, so run the notebook again.
-            if retries <= 0:
-                raise
-            print(f"{path.name}: a cell got no reply within {timeout} s; running the notebook again", flush=True)
-            return _execute(path, timeout, retries - 1, scratch)
+        env = offline_env()
+        env["COURSE_CHECKPOINT_ROOT"] = scratch
+        for attempt in range(retries + 1):
+            nb = nbformat.read(path, as_version=4)
+            client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                                    resources={"metadata": {"path": str(path.parent)}})
+            start = time.perf_counter()
+            try:
+                client.execute(env=env)  # nbclient hands env to KernelManager.start_kernel
+                break
+            except CellTimeoutError:
+                # nbclient can wait forever for a reply that an idle kernel already sent when a cell displays
+                # ipywidgets (jupyter/nbclient#312); a cell here never needs `timeout` s, so run the notebook again.
+                if attempt == retries:
+                    raise
+                print(f"{path.name}: a cell got no reply within {timeout} s; running the notebook again", flush=True)
         seconds = time.perf_counter() - start
-    finally:
-        os.environ.clear()
-        os.environ.update(old_env)
-    stamp(nb, seconds)
+    stamp(nb, seconds, profile=env["COURSE_PROFILE"])
     return nb, seconds
 
 
-def stamp(nb, seconds: float) -> None:
-    """Record how the outputs were made, and drop widget state."""
+def stamp(nb, seconds: float, profile: str) -> None:
+    """Record how the outputs were made (`profile`: the COURSE_PROFILE the kernel ran with), and drop widget state."""
     nb.metadata.pop("widgets", None)
     nb.metadata["course"] = {
         "code_sha256": code_hash(nb),
-        "profile": os.environ.get("COURSE_PROFILE", "offline"),
+        "profile": profile,
         "run_seconds": round(seconds, 1),
     }
 

@@ -2,14 +2,15 @@
 # Create (or update) the course's virtual environment.
 #   bash scripts/setup_env.sh            -> .venv with the newest tested releases
 #   bash scripts/setup_env.sh --colab    -> .venv-colab with Google Colab's versions (constraints/colab.txt)
+# VENV chooses another folder, PYTHON the interpreter that creates it (default: python3).
 # TORCH_SPEC chooses the torch to install first when the venv has none (default: torch==2.13.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--colab" ]; then
-  venv=${VENV:-.venv-colab}; constraint=(-c constraints/colab.txt)
-else
-  venv=${VENV:-.venv}; constraint=()
-fi
+source scripts/venv_path.sh
+flag=${1:-}
+venv=$(venv_path "$flag")
+constraint=()
+if [ "$flag" = "--colab" ]; then constraint=(-c constraints/colab.txt); fi
 python=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
@@ -19,4 +20,3 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
 fi
 echo "Installing the course and its requirements into $venv ..."
 "${pip[@]}" -r requirements.txt -e ".[test]" "${constraint[@]}"
-echo "$venv"

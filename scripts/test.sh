@@ -5,7 +5,9 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k configs`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-args=()
-if [ "${1:-}" = "--colab" ]; then args=(--colab); shift; fi
-venv=$(bash scripts/setup_env.sh "${args[@]}" | tail -n 1)
+source scripts/venv_path.sh
+flag=()
+if [ "${1:-}" = "--colab" ]; then flag=(--colab); shift; fi
+venv=$(venv_path "${flag[@]}")
+bash scripts/setup_env.sh "${flag[@]}"
 "$venv/bin/python" -m pytest "$@"

@@ -39,7 +39,7 @@ def test_size_summary_reads_gqa_from_the_config():
 
 
 def test_forward_trace_has_the_expected_shapes():
-    config = load_config("course-tiny")
+    config = load_config("course-llama")
     model = random_model(config)
     ids = torch.randint(0, config.vocab_size, (2, 5))
     trace = dict(trace_shapes(model, ids, kinds={"embed_tokens", "mlp", "lm_head"}))
@@ -49,6 +49,6 @@ def test_forward_trace_has_the_expected_shapes():
 
 
 def test_random_model_is_reproducible():
-    config = load_config("course-tiny")
+    config = load_config("course-llama")
     a, b = random_model(config, seed=3), random_model(config, seed=3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

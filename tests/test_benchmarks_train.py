@@ -6,6 +6,7 @@ They are smoke tests: they check that the scripts work and print their JSON line
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,16 @@ def test_train_offline_prints_before_and_after():
 
 
 def test_cpu_step_time_runs_on_a_small_config():
-    stdout, result = run_script("benchmarks/cpu_step_time.py", "course-tiny", "--steps", "1", "--batch-sizes", "2")
-    assert result["model"] == "course-tiny" and result["steps"][0]["batch_size"] == 2
-    assert result["steps"][0]["seconds_per_step"] >= 0 and result["generate_seconds"] > 0
-    assert "s / step" in stdout
+    from benchmarks import cpu_step_time  # its SEQ_LEN, N_PROMPTS, NEW_TOKENS
+    stdout, result = run_script("benchmarks/cpu_step_time.py", "course-llama", "--steps", "1", "--batch-sizes", "2", "4")
+    assert result["benchmark"] == "cpu_step_time" and result["threads"] >= 1
+    assert result["model"] == "course-llama" and result["steps"][0]["batch_size"] == 2
+    assert [row["batch_size"] for row in result["steps"]] == [2, 4], "one row per batch size asked for, in order"
+    for row in result["steps"]:
+        assert row["seconds_per_step"] > 0 and math.isfinite(row["seconds_per_step"]), row
+        assert f"{row['batch_size']:>6}{row['seconds_per_step']:>10.2f}" in stdout, "the table shows the JSON's figures"
+    assert result["generate_seconds"] > 0 and math.isfinite(result["generate_seconds"])
+    assert "s / step" in stdout and f"({cpu_step_time.SEQ_LEN} tokens per example)" in stdout
+    assert f"{result['threads']} threads" in stdout
+    assert (f"generation: {result['generate_seconds']} s for {cpu_step_time.N_PROMPTS} prompts x "
+            f"{cpu_step_time.NEW_TOKENS} new tokens") in stdout

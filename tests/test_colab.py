@@ -39,6 +39,7 @@ def test_readme_badges_point_at_the_configured_repo():
 
 def test_setup_cell_pins_match_requirements():
     reqs = (ROOT / "requirements.txt").read_text().split()
+    assert colab.COLAB_LACKS, "the setup cell installs at least bitsandbytes"
     for pin in colab.COLAB_LACKS:
         assert pin in reqs
 

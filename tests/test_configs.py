@@ -7,14 +7,14 @@ from transformers import LlamaConfig
 from course_utils.architecture import empty_model, num_params
 from course_utils.configs import MODELS, known_names, load_config
 
-# Published totals (tied embeddings counted once); the same figures are in shared/COURSE_DESIGN.md and the issue.
+# Published totals (tied embeddings counted once), checked on the meta device with transformers 5.24.
 EXPECTED = {
     "llama-3.1-8b": 8_030_261_248,
     "llama-3.1-70b": 70_553_706_496,
     "llama-3.1-405b": 405_853_388_800,
     "llama-3.2-1b": 1_235_814_400,
 }
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "configs"
+REFERENCE = Path(__file__).resolve().parent / "reference" / "configs"  # the published config.json files (README.md there)
 
 
 @pytest.mark.parametrize("name", known_names())
@@ -51,7 +51,6 @@ def test_unreachable_hub_id_gives_a_sentence_not_a_traceback():
         load_config("someone/not-a-real-model")
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared/reference not beside the repo")
 def test_shipped_configs_equal_the_published_ones():
     for short, hub_id in MODELS.items():
         if hub_id is None:

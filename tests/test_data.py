@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_utils import data
+from course_utils import data, plots, pretraining
 from course_utils.runtime import assets_dir
 
 SMALL = {"train": 60, "validation": 10, "test": 10}
@@ -18,9 +18,9 @@ SMALL = {"train": 60, "validation": 10, "test": 10}
 @pytest.fixture(scope="module")
 def tokenizer():
     splits = data.make_dataset(seed=1, sizes=SMALL)
-    texts = data.pretraining_corpus(300, seed=1) + [
+    texts = pretraining.pretraining_corpus(300, seed=1) + [
         data.make_prompt(ex["request"]) + data.make_answer(ex["record"]) for rows in splits.values() for ex in rows]
-    return data.build_tokenizer(texts)
+    return pretraining.build_tokenizer(texts)
 
 
 def test_clock_conversion():
@@ -72,8 +72,8 @@ def test_splits_are_disjoint_and_reproducible():
 def test_pretraining_corpus_never_shows_the_task():
     splits = data.make_dataset(seed=1, sizes=SMALL)
     exclude = {ex["request"] for rows in splits.values() for ex in rows}
-    docs = data.pretraining_corpus(500, seed=3, exclude=exclude)
-    assert docs == data.pretraining_corpus(500, seed=3, exclude=exclude)
+    docs = pretraining.pretraining_corpus(500, seed=3, exclude=exclude)
+    assert docs == pretraining.pretraining_corpus(500, seed=3, exclude=exclude)
     n_notes, orders = 0, set()
     for doc in docs:
         assert data.INSTRUCTION not in doc and "Record" not in doc and "|" not in doc
@@ -85,7 +85,7 @@ def test_pretraining_corpus_never_shows_the_task():
             assert sorted(keys) == sorted(data.FIELDS)
             orders.add(tuple(keys))
     assert len(orders) > 50  # random orders: the fixed order of a record is left to fine-tuning
-    assert abs(n_notes / len(docs) - data.CORPUS_MIX["notes"]) < 0.1
+    assert abs(n_notes / len(docs) - pretraining.CORPUS_MIX["notes"]) < 0.1
 
 
 def test_write_and_load(tmp_path):
@@ -165,7 +165,7 @@ def test_batches_are_a_reproducible_function_of_the_step():
 
 
 def test_encode_document(tokenizer):
-    feats = [data.encode_document(tokenizer, d) for d in data.pretraining_corpus(20, seed=5)]
+    feats = [pretraining.encode_document(tokenizer, d) for d in pretraining.pretraining_corpus(20, seed=5)]
     assert all(f["input_ids"][0] == tokenizer.bos_token_id and f["input_ids"][-1] == tokenizer.eos_token_id
                and f["labels"] == f["input_ids"] and tokenizer.unk_token_id not in f["input_ids"] for f in feats)
 
@@ -189,7 +189,7 @@ def test_plot_loss_mask(tokenizer):
     import matplotlib
     matplotlib.use("Agg")
     ex = data.make_dataset(seed=1, sizes=SMALL)["train"][0]
-    ax = data.plot_loss_mask(tokenizer, ex)
+    ax = plots.plot_loss_mask(tokenizer, ex)
     n_answer = len(tokenizer(data.make_answer(ex["record"]), add_special_tokens=False)["input_ids"]) + 1
     assert f"the {n_answer} orange ones" in ax.get_title()
 

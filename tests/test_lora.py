@@ -12,15 +12,14 @@ from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig
 
-from course_utils.architecture import empty_model, num_params, random_model
+from course_utils.architecture import empty_model, modules_by_kind, num_params, random_model
 from course_utils.configs import known_names, load_config
-from course_utils.lora import (ATTENTION_TARGETS, LLAMA_TARGETS, MLP_TARGETS, LoRALinear, add_lora,
-                               get_lora_model, linear_modules_by_kind, lora_config, lora_layers,
-                               lora_params, lora_summary, resolve_targets, target_kinds, target_module_table)
-
+from course_utils.params import ATTENTION, LINEAR_KINDS, MLP
+from course_utils.lora import (LoRALinear, add_lora_layers, get_lora_model, lora_config, lora_layers, lora_params,
+                               lora_summary, resolve_targets, target_kinds, target_module_table)
 from course_utils.plots import draw_lora_to_scale  # noqa: E402
 
-TINY = load_config("course-tiny")
+TINY = load_config("course-llama")
 
 
 def peft_trainable(config: LlamaConfig, r: int, targets) -> tuple[int, int]:
@@ -34,21 +33,21 @@ def peft_trainable(config: LlamaConfig, r: int, targets) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------- the count
 
 @pytest.mark.parametrize("name", known_names())
-@pytest.mark.parametrize("targets", [ATTENTION_TARGETS, "all-linear"], ids=["qkvo", "all-linear"])
+@pytest.mark.parametrize("targets", [ATTENTION, "all-linear"], ids=["qkvo", "all-linear"])
 def test_lora_params_equals_peft_for_every_shipped_config(name, targets):
     config = load_config(name)
     assert lora_params(config, 16, targets) == peft_trainable(config, 16, targets)[0]
 
 
 def test_the_published_8b_figure():
-    """COURSE_DESIGN.md: r=32 on q,k,v,o gives `trainable params: 27,262,976 || all params: 8,057,524,224`."""
+    """PEFT on the meta device (transformers 5.24, peft 0.21): r=32 on q,k,v,o gives `trainable params: 27,262,976 || all params: 8,057,524,224`."""
     config = load_config("llama-3.1-8b")
-    model = get_peft_model(empty_model(config), LoraConfig(r=32, lora_alpha=64, target_modules=list(ATTENTION_TARGETS)),
+    model = get_peft_model(empty_model(config), LoraConfig(r=32, lora_alpha=64, target_modules=list(ATTENTION)),
                            low_cpu_mem_usage=True)
     with redirect_stdout(io.StringIO()) as out:
         model.print_trainable_parameters()
     assert "trainable params: 27,262,976 || all params: 8,057,524,224" in out.getvalue()
-    assert lora_params(config, 32, ATTENTION_TARGETS) == 27_262_976
+    assert lora_params(config, 32, ATTENTION) == 27_262_976
 
 
 @st.composite
@@ -65,7 +64,7 @@ def llama_configs(draw):
 
 
 target_sets = st.one_of(st.just("all-linear"),
-                        st.lists(st.sampled_from(LLAMA_TARGETS), min_size=1, max_size=7, unique=True))
+                        st.lists(st.sampled_from(LINEAR_KINDS), min_size=1, max_size=7, unique=True))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -73,13 +72,13 @@ target_sets = st.one_of(st.just("all-linear"),
 def test_lora_params_equals_peft_for_random_configs_and_targets(config, r, targets):
     expected = peft_trainable(config, r, targets)[0]
     assert lora_params(config, r, targets) == expected
-    assert num_params(add_lora(empty_model(config), targets, r, 2 * r), trainable_only=True) == expected
+    assert num_params(add_lora_layers(empty_model(config), targets, r, 2 * r), trainable_only=True) == expected
 
 
 def test_lora_summary_matches_print_trainable_parameters():
     config = load_config("llama-3.1-8b")
-    trainable, total = peft_trainable(config, 8, MLP_TARGETS)
-    s = lora_summary(config, 8, MLP_TARGETS, base_params=num_params(empty_model(config)), bytes_per_param=2)
+    trainable, total = peft_trainable(config, 8, MLP)
+    s = lora_summary(config, 8, MLP, base_params=num_params(empty_model(config)), bytes_per_param=2)
     assert (s["trainable"], s["all"]) == (trainable, total)
     assert s["share"] == pytest.approx(trainable / total)
     assert s["megabytes"] == pytest.approx(trainable * 2 / 1e6)
@@ -90,10 +89,10 @@ def test_all_linear_takes_what_peft_takes_and_leaves_lm_head():
     peft_names = sorted(n.removeprefix("base_model.model.") for n, m in model.named_modules() if hasattr(m, "lora_A"))
     ours = resolve_targets(empty_model(TINY), "all-linear")
     assert sorted(ours) == peft_names
-    assert "lm_head" not in ours and "lm_head" in linear_modules_by_kind(empty_model(TINY))
+    assert "lm_head" not in ours and "lm_head" in modules_by_kind(empty_model(TINY), torch.nn.Linear)
     rows = {row["kind"]: row for row in target_module_table(empty_model(TINY))}
     assert rows["lm_head"]["in all-linear"] is False and rows["q_proj"]["count"] == TINY.num_hidden_layers
-    assert target_kinds("all-linear") == list(LLAMA_TARGETS)
+    assert target_kinds("all-linear") == list(LINEAR_KINDS)
 
 
 # ---------------------------------------------------------------------------------------------- the layer
@@ -106,7 +105,7 @@ def peft_and_ours(targets=("q_proj", "down_proj"), r=4, alpha=8, seed=0):
     for module in peft_model.modules():
         if hasattr(module, "lora_B") and "default" in module.lora_B:
             torch.nn.init.normal_(module.lora_B["default"].weight, std=0.05)
-    ours = add_lora(copy.deepcopy(base), list(targets), r, alpha)
+    ours = add_lora_layers(copy.deepcopy(base), list(targets), r, alpha)
     peft_layers = {n.removeprefix("base_model.model."): m for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
     with torch.no_grad():
         for name, layer in lora_layers(ours).items():
@@ -134,7 +133,7 @@ def test_model_output_equals_peft_with_the_same_matrices():
 
 def test_at_step_zero_the_adapted_model_equals_the_base():
     base = random_model(TINY, seed=3)
-    adapted = add_lora(copy.deepcopy(base), "all-linear", r=8, alpha=16, dropout=0.1).train()
+    adapted = add_lora_layers(copy.deepcopy(base), "all-linear", r=8, alpha=16, dropout=0.1).train()
     ids = torch.randint(0, TINY.vocab_size, (2, 7))
     with torch.no_grad():
         assert torch.equal(adapted(ids).logits, base.train()(ids).logits)
@@ -203,7 +202,7 @@ def test_only_a_and_b_get_gradients_and_w_stays_bit_for_bit():
 def test_a_missing_target_lists_the_names_the_model_has():
     n = TINY.num_hidden_layers
     with pytest.raises(ValueError, match=rf"no module called 'q_prj'.*q_proj \({n}x\).*down_proj \({n}x\)"):
-        add_lora(random_model(TINY), ["q_proj", "q_prj"], 4, 8)
+        add_lora_layers(random_model(TINY), ["q_proj", "q_prj"], 4, 8)
     with pytest.raises(ValueError, match="has no Linear layer called 'qkv'.*gate_proj"):
         lora_params(TINY, 8, ["qkv"])
     with pytest.raises(ValueError, match="LlamaAttention.*q_proj, k_proj, v_proj, o_proj"):
@@ -267,7 +266,7 @@ def test_layer_on_a_4bit_base_equals_peft(tmp_path):
     """QLoRA's case: the frozen base is bitsandbytes' NF4 Linear4bit; A and B stay float32 as in PEFT."""
     from transformers import AutoModelForCausalLM
 
-    from course_utils.runtime import bitsandbytes_problem, bnb_4bit_config
+    from course_utils.quantization import bitsandbytes_problem, bnb_4bit_config
     if bitsandbytes_problem():
         pytest.skip(bitsandbytes_problem())
     random_model(TINY).save_pretrained(tmp_path)

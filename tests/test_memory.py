@@ -16,10 +16,12 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig
 
 from course_utils.architecture import empty_model, random_model
 from course_utils.configs import known_names, load_config
-from course_utils.memory import (GPUS, PRECISIONS, activation_bytes, bits_per_weight, lora_params, measure_training_step,
-                                 model_bytes, optimizer_bytes, suggested_settings, training_memory, weight_breakdown,
-                                 weight_bytes)
+from course_utils.footprint import measure_training_step, model_bytes
+from course_utils.lora import lora_params
+from course_utils.memory import (GPUS, PRECISIONS, activation_bytes, optimizer_bytes, suggested_settings,
+                                 training_memory, weight_breakdown, weight_bytes)
 from course_utils.params import LINEAR_KINDS, count_params, linear_shapes
+from course_utils.quantization import nf4_bits_per_param
 
 # Odd sizes on purpose: weight counts that are not multiples of 64 or of 64 x 256 exercise the rounding up.
 SMALL = dict(vocab_size=515, hidden_size=200, intermediate_size=300, num_hidden_layers=4, num_attention_heads=5,
@@ -40,7 +42,7 @@ def test_float_weights_equal_get_memory_footprint(name, precision, dtype):
     assert weight_bytes(config, precision) == meta_footprint(config, dtype)
 
 
-def test_the_8b_in_bf16_is_the_figure_of_the_issue():
+def test_the_8b_in_bf16_is_what_the_meta_model_holds():
     config = load_config("llama-3.1-8b")
     assert weight_bytes(config, "bf16") == meta_footprint(config, torch.bfloat16) == 16_060_523_008
 
@@ -82,7 +84,7 @@ def test_int8_prediction_equals_a_real_bitsandbytes_load(saved_small_llama):
 
 
 def test_model_bytes_counts_a_tied_table_once():
-    config = load_config("course-tiny")
+    config = load_config("course-llama")
     model = random_model(config)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert model_bytes(model) == model.get_memory_footprint() == weight_bytes(config, "fp32")
@@ -91,8 +93,8 @@ def test_model_bytes_counts_a_tied_table_once():
 def test_bits_per_weight_follow_the_qlora_paper():
     # QLoRA paper (Dettmers et al. 2023, section 3): 32/64 = 0.5 bits per weight for the absmax constants,
     # 8/64 + 32/(64*256) = 0.127 bits with double quantization.
-    assert bits_per_weight("nf4", double_quant=False) - 4 == pytest.approx(0.5)
-    assert bits_per_weight("nf4", double_quant=True) - 4 == pytest.approx(0.127, abs=5e-4)
+    assert nf4_bits_per_param(double_quant=False) - 4 == pytest.approx(0.5)
+    assert nf4_bits_per_param(double_quant=True) - 4 == pytest.approx(0.127, abs=5e-4)
 
 
 def test_nf4_of_the_8b_sits_between_its_parts():
@@ -100,11 +102,11 @@ def test_nf4_of_the_8b_sits_between_its_parts():
     nf4 = weight_bytes(config, "nf4")
     linears = config.num_hidden_layers * sum(i * o for i, o in linear_shapes(config).values())
     rest = count_params(config) - linears
-    assert nf4 == pytest.approx(linears * bits_per_weight("nf4") / 8 + rest * 2, rel=1e-4)
+    assert nf4 == pytest.approx(linears * nf4_bits_per_param(double_quant=True) / 8 + rest * 2, rel=1e-4)
 
 
 def test_bad_input_says_what_to_do():
-    config = load_config("course-tiny")
+    config = load_config("course-llama")
     with pytest.raises(ValueError, match="fp32, fp16, bf16, int8, nf4"):
         weight_bytes(config, "fp8")
     with pytest.raises(ValueError, match="q_proj"):
@@ -123,7 +125,7 @@ def test_lora_params_equal_peft_on_the_meta_8b(rank, targets):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert lora_params(config, rank, targets) == trainable
     if rank == 32 and len(targets) == 4:
-        assert trainable == 27_262_976  # the figure in COURSE_DESIGN.md
+        assert trainable == 27_262_976  # PEFT's print_trainable_parameters on the meta-device 8B
 
 
 def test_8bit_adamw_states_equal_bitsandbytes():
@@ -136,7 +138,7 @@ def test_8bit_adamw_states_equal_bitsandbytes():
     opt.step()
     states = {t.data_ptr(): t.numel() * t.element_size()
               for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)}
-    assert optimizer_bytes([p.numel() for p in params], "adamw-8bit") == sum(states.values())
+    assert optimizer_bytes([p.numel() for p in params], "adamw_8bit") == sum(states.values())
 
 
 def build(config, dtype):

@@ -1,5 +1,6 @@
 """Every notebook: committed outputs fresh and clean, and a fresh top-to-bottom run in the offline profile."""
 
+import os
 import re
 
 import nbformat
@@ -38,6 +39,16 @@ def test_committed_outputs_are_fresh_and_clean(path):
     assert not SECRET.search(outputs_text(nb)), "an output contains something that looks like a token"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_cells_read_like_prose(path):
+    """Short lines, and the course's modules by their own names (no one-letter aliases)."""
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        for line in cell.source.splitlines():
+            assert len(line) < 100, f"{path.name}, code cell {i + 1}: a line of {len(line)} characters: {line[:60]}..."
+            assert not re.match(r"\s*(from course_utils import \w+|import course_utils\.\w+) as \w{1,2}\b", line), line
+
+
 def test_secret_pattern_catches_tokens():
     assert SECRET.search("HF_TOKEN=hf_" + "a1B2" * 8)
     assert SECRET.search("token: " + "x" * 24)
@@ -50,4 +61,9 @@ def test_notebook_runs_top_to_bottom_offline(path):
     nb, seconds = execute(path)  # raises CellExecutionError, with the cell and traceback, on any error
     NOTEBOOK_TIMES[path.name] = seconds
     assert len(nb.cells) > 3
+    assert seconds > 0
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "every cell ran once, in order"
+    profile = os.environ["COURSE_PROFILE"]  # conftest makes it "offline" unless the caller chose one
+    assert nb.metadata.course == {"code_sha256": code_hash(nb), "profile": profile, "run_seconds": round(seconds, 1)}
     assert not SECRET.search(outputs_text(nb))

@@ -46,7 +46,7 @@ def test_per_layer_counts_match_one_decoder_layer():
 
 
 def test_the_8b_has_the_published_count():
-    # Published figure (meta-device count with transformers 5.24, COURSE_DESIGN.md); the model count is the reference.
+    # Published figure (meta-device count with transformers 5.24, as in test_configs.py); the model count is the reference.
     config = load_config("llama-3.1-8b")
     assert count_params(config) == model_count(empty_model(config)) == 8_030_261_248
 

@@ -21,6 +21,7 @@ import math
 import pytest
 import torch
 
+from course_utils import footprint, memory
 from course_utils import quantization as Q
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -177,26 +178,25 @@ def tiny_model_dir(tmp_path_factory):
     from course_utils.architecture import random_model
     from course_utils.configs import load_config
     folder = tmp_path_factory.mktemp("tiny")
-    random_model(load_config("course-tiny"), seed=0).save_pretrained(folder)
+    random_model(load_config("course-llama"), seed=0).save_pretrained(folder)
     return folder
 
 
 def load_4bit(folder, double_quant: bool):
     from transformers import AutoModelForCausalLM
-    from course_utils.runtime import bnb_4bit_config
+    from course_utils.quantization import bnb_4bit_config
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map="cpu",
                                                 quantization_config=bnb_4bit_config(torch.float32, double_quant))
 
 
 @pytest.mark.parametrize("double_quant", [True, False])
 def test_footprint_of_a_4bit_model_is_weight_bytes(tiny_model_dir, double_quant):
-    memory = pytest.importorskip("course_utils.memory")
     model = load_4bit(tiny_model_dir, double_quant)
     assert isinstance(model.model.layers[0].mlp.down_proj, bnb.nn.Linear4bit)
-    measured = Q.footprint_bytes(model)
+    measured = footprint.footprint_bytes(model)
     predicted = memory.weight_bytes(model.config, "nf4", double_quant=double_quant, unquantized="fp32")
     assert sum(measured.values()) == predicted
-    assert measured["4-bit weights"] + measured["other weights and buffers"] == model.get_memory_footprint()
+    assert measured["quantized weights"] + measured["other weights and buffers"] == model.get_memory_footprint()
 
 
 def test_hand_nf4_roundtrip_equals_the_4bit_model(tiny_model_dir):
@@ -234,8 +234,7 @@ def test_four_bit_problem_is_none_here_and_a_sentence_otherwise(monkeypatch):
     assert "wrong 4-bit values" in Q.four_bit_problem("cpu")
     monkeypatch.undo()
 
-    from course_utils import runtime
-    monkeypatch.setattr(runtime, "bitsandbytes_problem", lambda: "bitsandbytes is not installed; run `pip install x`")
+    monkeypatch.setattr(Q, "bitsandbytes_problem", lambda: "bitsandbytes is not installed; run `pip install x`")
     assert Q.four_bit_problem("cpu").startswith("bitsandbytes is not installed")
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from course_utils import runtime
+from course_utils import quantization, runtime
 from course_utils.runtime import GPU, Environment, choose_profile, compute_dtype_for
 
 T4 = GPU("Tesla T4", 15.8, (7, 5))
@@ -90,13 +90,13 @@ def test_progress_is_plain_text_when_headless(monkeypatch, capsys):
 
 
 def test_bnb_config_asks_for_nf4_with_double_quantization():
-    cfg = runtime.bnb_4bit_config(torch.float16)
+    cfg = quantization.bnb_4bit_config(torch.float16)
     assert (cfg.load_in_4bit, cfg.bnb_4bit_quant_type, cfg.bnb_4bit_use_double_quant) == (True, "nf4", True)
     assert cfg.bnb_4bit_compute_dtype == torch.float16
 
 
 def test_bitsandbytes_problem_is_a_sentence_or_none(monkeypatch):
-    assert runtime.bitsandbytes_problem() is None  # 0.50.2 is installed by requirements.txt
+    assert quantization.bitsandbytes_problem() is None  # 0.50.2 is installed by requirements.txt
     import builtins
     real_import = builtins.__import__
 
@@ -106,7 +106,7 @@ def test_bitsandbytes_problem_is_a_sentence_or_none(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_bnb)
-    assert "pip install bitsandbytes==0.50.2" in runtime.bitsandbytes_problem()
+    assert "pip install bitsandbytes==0.50.2" in quantization.bitsandbytes_problem()
 
 
 def test_missing_offline_model_says_how_to_rebuild_it(monkeypatch, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from course_utils import data, training
+from course_utils import data, evaluation, lora, memory, plots, pretraining, quantization, training
 from course_utils.architecture import empty_model
 from course_utils.configs import load_config
 
@@ -26,7 +26,7 @@ SIZES = {"train": 64, "validation": 8, "test": 8}
 def task():
     splits = data.make_dataset(seed=11, sizes=SIZES)
     texts = [data.make_prompt(ex["request"]) + data.make_answer(ex["record"]) for rows in splits.values() for ex in rows]
-    tokenizer = data.build_tokenizer(texts)
+    tokenizer = pretraining.build_tokenizer(texts)
     return splits, tokenizer
 
 
@@ -38,9 +38,9 @@ def tiny_lora_model(tokenizer, seed: int = 0, dropout: float = 0.1, adapter_seed
     torch.manual_seed(seed)
     base = LlamaForCausalLM(config)  # stands for a pretrained base: the same weights for the same seed
     training.set_seed(seed if adapter_seed is None else adapter_seed)
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=list(training.LORA_TARGETS),
-                      task_type="CAUSAL_LM")
-    return get_peft_model(base, lora)
+    peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=list(lora.COURSE_TARGETS),
+                             task_type="CAUSAL_LM")
+    return get_peft_model(base, peft_config)
 
 
 def batches_for(task, batch_size=8, seed=0):
@@ -169,21 +169,21 @@ def test_batched_generation_matches_one_at_a_time(task):
         for name, p in training.trainable_parameters(model).items():
             p.normal_(0, 0.5)
     exs = splits["test"][:5]
-    batched = training.generate(model, tokenizer, exs, batch_size=5, max_new_tokens=6)
-    single = [training.generate(model, tokenizer, [ex], batch_size=1, max_new_tokens=6)[0] for ex in exs]
+    batched = evaluation.generate(model, tokenizer, exs, batch_size=5, max_new_tokens=6)
+    single = [evaluation.generate(model, tokenizer, [ex], batch_size=1, max_new_tokens=6)[0] for ex in exs]
     assert batched == single
-    result = training.evaluate(model, tokenizer, exs)
+    result = evaluation.evaluate(model, tokenizer, exs)
     assert 0 <= result["exact_match"] <= 1 and len(result["predictions"]) == 5
 
 
 def test_side_by_side_marks_right_and_wrong(task):
     exs = task[0]["test"][:2]
-    table = training.side_by_side(exs, ["nonsense", "x"], [data.make_answer(exs[0]["record"]), "y"], n=2)
+    table = evaluation.side_by_side(exs, ["nonsense", "x"], [data.make_answer(exs[0]["record"]), "y"], n=2)
     assert table.count("✅") == 1 and table.count("❌") == 3 and exs[1]["request"] in table
 
 
 def test_live_plot_records_and_draws_headless():
-    plot = training.LivePlot(total_steps=5)
+    plot = plots.LivePlot(total_steps=5)
     for step, loss in enumerate([3.0, 2.0, 1.5, 1.2, 1.0]):
         plot.update(step, loss)
     assert plot.losses == [3.0, 2.0, 1.5, 1.2, 1.0]
@@ -194,13 +194,12 @@ def test_live_plot_records_and_draws_headless():
 
 
 def test_presets_and_the_t4_memory_estimate():
-    from course_utils import memory
     llama8b = load_config("llama-3.1-8b")
     t4 = training.PRESETS["t4"]
-    est = training.preset_memory(llama8b, t4)
+    est = memory.preset_memory(llama8b, t4)
     assert est.total < 14.7e9 and est.fits("T4"), est.verdict()
-    plain = memory.training_memory(llama8b, "qlora", rank=32, targets=training.LORA_TARGETS, batch_size=t4.batch_size,
-                                   seq_len=t4.max_length, gradient_checkpointing=True, optimizer="adamw-8bit",
+    plain = memory.training_memory(llama8b, "qlora", rank=32, targets=lora.COURSE_TARGETS, batch_size=t4.batch_size,
+                                   seq_len=t4.max_length, gradient_checkpointing=True, optimizer="adamw_8bit",
                                    compute_dtype="fp16")
     # prepare_model_for_kbit_training upcasts what stays unquantized (embeddings, lm_head, norms) fp16 -> fp32
     model = empty_model(llama8b)
@@ -208,7 +207,7 @@ def test_presets_and_the_t4_memory_estimate():
     assert est.weights - plain.weights == 2 * unquantized
     assert est.total - plain.total == 2 * unquantized
     assert est.trainable_params == 27_262_976  # PEFT's count for r=32 on q,k,v,o (tests/test_lora.py)
-    no_ckpt = training.preset_memory(llama8b, replace(t4, gradient_checkpointing=False, batch_size=16))
+    no_ckpt = memory.preset_memory(llama8b, replace(t4, gradient_checkpointing=False, batch_size=16))
     assert no_ckpt.activations > 4 * est.activations and not no_ckpt.fits("T4")
 
     class P:  # a runtime.Profile stand-in
@@ -233,7 +232,7 @@ def test_token_losses_average_to_the_models_loss(task):
     splits, tokenizer = task
     model = tiny_lora_model(tokenizer, seed=2, dropout=0.0).eval()
     ex = splits["train"][0]
-    rows = training.token_losses(model, tokenizer, ex)
+    rows = evaluation.token_losses(model, tokenizer, ex)
     enc = data.encode_example(tokenizer, ex)
     assert [r["token"] for r in rows] == tokenizer.convert_ids_to_tokens(enc["input_ids"][-len(rows):])
     assert len(rows) == sum(label != data.IGNORE_INDEX for label in enc["labels"])
@@ -298,7 +297,7 @@ def test_exercise_checkers_of_notebook_06(task):
 
     t4 = training.PRESETS["t4"]
     assert nb06.check_effective_batch(t4.batch_size * t4.grad_accum) and not nb06.check_effective_batch(t4.batch_size)
-    n = lora_params(load_config("llama-3.1-8b"), 32, training.LORA_TARGETS)  # checked against PEFT in test_lora.py
+    n = lora_params(load_config("llama-3.1-8b"), 32, lora.COURSE_TARGETS)  # checked against PEFT in test_lora.py
     assert nb06.check_lora_params_8b(n) and not nb06.check_lora_params_8b(n // 2) and not nb06.check_lora_params_8b(None)
 
 
@@ -313,7 +312,7 @@ def test_resume_on_the_qlora_path_of_notebook_06(tmp_path):
     def qlora_model():
         model, tokenizer = runtime.load_model(profile, four_bit=True)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return training.add_lora(model, r=8, alpha=16, seed=0), data.prepare_tokenizer(tokenizer)
+        return training.add_peft_lora(model, r=8, alpha=16, seed=0), data.prepare_tokenizer(tokenizer)
 
     config = training.TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup_steps=1, seed=1, checkpoint_every=2,
                                   checkpoint_dir=str(tmp_path / "run"))
@@ -333,6 +332,6 @@ def test_resume_on_the_qlora_path_of_notebook_06(tmp_path):
     result = training.train(fresh, batches, config, show_progress=False)
     assert result.resumed_from.endswith("checkpoint-000004") and result.steps_run == 2
     final, expected = adapter_state(fresh), adapter_state(reference)
-    assert final.keys() == expected.keys() and len(final) == 2 * 4 * load_config("course-tiny").num_hidden_layers
+    assert final.keys() == expected.keys() and len(final) == 2 * 4 * load_config("course-llama").num_hidden_layers
     for name in expected:
         torch.testing.assert_close(final[name], expected[name], atol=1e-6, rtol=0)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from course_utils.configs import load_config
 from course_utils.exercises import close, report
-from course_utils.memory import lora_params, weight_bytes
+from course_utils.lora import lora_params
+from course_utils.memory import weight_bytes
 from course_utils.params import param_breakdown
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from course_utils.configs import load_config
 from course_utils.exercises import close, report
-from course_utils.lora import LLAMA_TARGETS, MLP_TARGETS, lora_params
+from course_utils.lora import lora_params
+from course_utils.params import LINEAR_KINDS, MLP
 
 
 def check_70b_all_linear(answer: int) -> bool:
@@ -20,10 +21,10 @@ def check_mlp_targets(answer) -> bool:
     if isinstance(answer, str) or answer is None:
         return report(False, "", "Give a list of module names, like [\"q_proj\", \"v_proj\"] (that one is attention).")
     names = set(answer)
-    unknown = names - set(LLAMA_TARGETS)
-    hint = (f"{', '.join(sorted(unknown))} is not a Linear layer of Llama: the names are {', '.join(LLAMA_TARGETS)}."
+    unknown = names - set(LINEAR_KINDS)
+    hint = (f"{', '.join(sorted(unknown))} is not a Linear layer of Llama: the names are {', '.join(LINEAR_KINDS)}."
             if unknown else "The MLP of a decoder layer has three Linear layers; look at model.model.layers[0].mlp.")
-    return report(names == set(MLP_TARGETS), "gate_proj, up_proj and down_proj: the whole MLP.", hint)
+    return report(names == set(MLP), "gate_proj, up_proj and down_proj: the whole MLP.", hint)
 
 
 def check_adapter_megabytes(answer: float) -> bool:

@@ -12,8 +12,8 @@ PARAMETER_KINDS = ("embed_tokens", "q_proj.base_layer", "q_proj.lora_A", "q_proj
 
 def _trains(kind: str) -> bool:
     """After get_peft_model with the course's LoRA targets: only the adapter matrices require grad."""
-    from course_utils.training import LORA_TARGETS
-    return kind.split(".")[0] in LORA_TARGETS and kind.endswith(("lora_A", "lora_B"))
+    from course_utils.lora import COURSE_TARGETS
+    return kind.split(".")[0] in COURSE_TARGETS and kind.endswith(("lora_A", "lora_B"))
 
 
 def check_trainable(answer) -> bool:

@@ -1,0 +1,115 @@
+"""Measuring a model on the course's task: generate records, score them, look inside the loss, and prove
+what training did and did not change (the base's checksum, the adapter's size on disk)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+
+from course_utils import data
+from course_utils.runtime import progress
+from course_utils.training import model_device
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 100,
+                   show_progress: bool = False) -> list[str]:
+    """Greedy continuations of text prompts, as text. Prompts are padded on the left, so that every one ends
+    where the new tokens start; a batched run gives what one prompt at a time would."""
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts = []
+    for i in progress(range(0, len(prompts), batch_size), desc="generating", disable=not show_progress):
+        encoded = [{"input_ids": tokenizer(p)["input_ids"]} for p in prompts[i:i + batch_size]]
+        batch = data.pad_batch(encoded, pad_id, side="left")
+        out = model.generate(input_ids=batch["input_ids"].to(device),
+                             attention_mask=batch["attention_mask"].to(device),
+                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                             pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+        texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    model.train(was_training)
+    return texts
+
+
+def generate(model, tokenizer, examples: list[dict], batch_size: int = 100, max_new_tokens: int | None = None,
+             show_progress: bool = False) -> list[str]:
+    """The model's record for each example: greedy continuations of the task's prompts (`data.make_prompt`)."""
+    if max_new_tokens is None:  # the longest answer in tokens, and a little room
+        max_new_tokens = 4 + max(len(tokenizer(data.make_answer(ex["record"]), add_special_tokens=False)["input_ids"])
+                                 for ex in examples)
+    prompts = [data.make_prompt(ex["request"]) for ex in examples]
+    return generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, show_progress)
+
+
+def evaluate(model, tokenizer, examples: list[dict], batch_size: int = 100, show_progress: bool = False) -> dict:
+    """Generate a record for every example and score it: exact match, per-field accuracy, predictions, seconds."""
+    t0 = time.perf_counter()
+    predictions = generate(model, tokenizer, examples, batch_size=batch_size, show_progress=show_progress)
+    result = data.score(predictions, examples)
+    result.update(predictions=predictions, seconds=time.perf_counter() - t0)
+    return result
+
+
+@torch.no_grad()
+def token_losses(model, tokenizer, example: dict, top: int = 3) -> list[dict]:
+    """For every token the loss grades in `example` (its answer and EOS): the token, its loss in nats, and the
+    model's `top` guesses with their probabilities. A loss of -ln(p) means the right token got probability p.
+    Ids the tokenizer does not have (a model's embedding table can be longer) show as "<unused id N>"."""
+    enc = data.encode_example(tokenizer, example)
+    ids = torch.tensor([enc["input_ids"]], device=model_device(model))
+    was_training = model.training
+    model.eval()
+    logits = model(input_ids=ids).logits[0, :-1].float()  # the prediction for each next token
+    model.train(was_training)
+    nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none").cpu()
+    probs, guesses = torch.softmax(logits, -1).topk(top, dim=-1)
+
+    def name(i: int) -> str:
+        return tokenizer.convert_ids_to_tokens(i) if i < len(tokenizer) else f"<unused id {i}>"
+    rows = []
+    for pos, label in enumerate(enc["labels"][1:]):
+        if label != data.IGNORE_INDEX:
+            rows.append({"token": name(int(ids[0, pos + 1])), "loss": float(nll[pos]),
+                         "top": [(name(int(g)), float(p)) for g, p in zip(guesses[pos], probs[pos])]})
+    return rows
+
+
+def side_by_side(examples: list[dict], before: list[str], after: list[str], n: int = 5, width: int = 80) -> str:
+    """A text table: the request, the base model's record and the fine-tuned one, marked right or wrong."""
+    def mark(pred: str, ex: dict) -> str:
+        first = pred.strip().split("\n", 1)[0]
+        ok = data.parse_record(pred) == ex["record"]
+        return ("✅ " if ok else "❌ ") + (first[:width - 3] + "..." if len(first) > width else first)
+    lines = []
+    for ex, b, a in list(zip(examples, before, after))[:n]:
+        lines += [f"request:  {ex['request']}", f"expected: {ex['target']}", f"before:   {mark(b, ex)}",
+                  f"after:    {mark(a, ex)}", ""]
+    return "\n".join(lines)
+
+
+def weights_checksum(model, skip: tuple[str, ...] = ("lora_",)) -> str:
+    """sha256 of the model's weights, skipping parameters whose name contains one of `skip` (the adapter).
+
+    A 4-bit weight is hashed as its packed NF4 bytes; any other weight by its values as float32, so the
+    upcast of norms to fp32 by `prepare_model_for_kbit_training` does not count as a change.
+    """
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if any(s in name for s in skip):
+            continue
+        name = name.replace("base_model.model.", "").replace(".base_layer", "")  # the same name with or without peft
+        t = p.detach().cpu()  # to the CPU first: no extra GPU memory for the float32 copy
+        t = t if type(p).__name__ == "Params4bit" else t.float()
+        digest.update(name.encode())
+        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def folder_mb(folder: str | Path) -> float:
+    """Size on disk of the files in a folder (recursively), in MB (1e6 bytes)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6

@@ -1,0 +1,88 @@
+"""Notebook 01's exercise checkers: the right answer passes with a "✅" line, plausible mistakes get a "❌" hint.
+
+The right answers are worked out here from the configs' numbers and from the transformers modules themselves
+(built on the meta device), not from the checkers; the published figures are pinned beside them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP
+
+from course_utils.configs import load_config
+from course_utils.exercises import nb01
+
+
+def verdict(capsys, checker, answer) -> tuple[bool, str]:
+    """What the checker returns, and the one line it prints."""
+    ok = checker(answer)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.endswith("\n"), out
+    return ok, out
+
+
+def assert_right(capsys, checker, answer):
+    ok, out = verdict(capsys, checker, answer)
+    assert ok is True and out.startswith("✅"), out
+
+
+def assert_wrong(capsys, checker, answer, right):
+    ok, out = verdict(capsys, checker, answer)
+    assert ok is False and out.startswith("❌"), out
+    assert str(right) not in out and f"{right:,}" not in out, "the hint gives the answer away"
+
+
+def test_layers(capsys):
+    c = load_config("llama-3.1-8b")
+    layers = c.num_hidden_layers
+    assert layers == 32
+    assert_right(capsys, nb01.check_layers, layers)
+    for wrong in (31, 33, 16, 80, 126):  # off by one, the 1B's count, the 70B's and the 405B's
+        assert_wrong(capsys, nb01.check_layers, wrong, layers)
+
+
+def test_kv_heads_share(capsys):
+    c = load_config("llama-3.1-8b")
+    share = c.num_attention_heads // c.num_key_value_heads
+    assert (c.num_attention_heads, c.num_key_value_heads, share) == (32, 8, 4)
+    assert_right(capsys, nb01.check_kv_heads_share, share)
+    for wrong in (c.num_key_value_heads, c.num_attention_heads, 1, 2):  # the KV heads, the query heads, MHA
+        assert_wrong(capsys, nb01.check_kv_heads_share, wrong, share)
+
+
+def test_k_proj_shape(capsys):
+    c = load_config("llama-3.1-70b")
+    with torch.device("meta"):
+        k_proj = LlamaAttention(c, layer_idx=0).k_proj
+    shape = tuple(k_proj.weight.shape)
+    assert shape == (c.num_key_value_heads * c.head_dim, c.hidden_size) == (1024, 8192)
+    assert_right(capsys, nb01.check_k_proj_shape, shape)
+    assert_right(capsys, nb01.check_k_proj_shape, list(shape))  # a list is read as the same shape
+    for wrong in ((8192, 1024),                           # (in, out): transposed
+                  (c.hidden_size, c.hidden_size),         # q_proj's shape: as many KV heads as query heads
+                  (1024, 4096)):                          # the 8B's hidden size
+        ok, out = verdict(capsys, nb01.check_k_proj_shape, wrong)
+        assert ok is False and out.startswith("❌"), out
+        assert "1024" not in out, "the hint gives the answer away"
+
+
+def test_mlp_params(capsys):
+    c = load_config("llama-3.1-8b")
+    with torch.device("meta"):
+        mlp = LlamaMLP(c)
+    params = sum(p.numel() for p in mlp.parameters())
+    assert params == 3 * c.hidden_size * c.intermediate_size == 176_160_768
+    assert_right(capsys, nb01.check_mlp_params, params)
+    assert_right(capsys, nb01.check_mlp_params, float(params))  # 1.7616e8 typed as a float is fine
+    for wrong in (2 * c.hidden_size * c.intermediate_size,      # forgot the gate projection
+                  c.hidden_size * c.intermediate_size,          # one matrix
+                  params + c.intermediate_size * 2 + c.hidden_size,  # counted biases the layers don't have
+                  4 * c.hidden_size * c.hidden_size * 3):       # assumed the classic 4 x hidden MLP width
+        assert_wrong(capsys, nb01.check_mlp_params, wrong, params)
+
+
+@pytest.mark.parametrize("checker", [nb01.check_layers, nb01.check_kv_heads_share, nb01.check_mlp_params])
+def test_a_non_number_is_wrong_not_an_error(capsys, checker):
+    ok, out = verdict(capsys, checker, "thirty-two")
+    assert ok is False and out.startswith("❌"), out
