@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from course_utils.configs import load_config  # noqa: E402
 from course_utils.footprint import measure_training_step, model_bytes  # noqa: E402
 from course_utils.memory import training_memory  # noqa: E402
+from course_utils.quantization import bnb_4bit_config  # noqa: E402
+from course_utils.training import enable_gradient_checkpointing  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -56,12 +58,10 @@ def save_random_model(config, folder: Path, device: str, dtype: torch.dtype) -> 
 
 
 def load(folder: Path, method: str, device: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
     kwargs = dict(dtype=dtype, device_map=device)
     if method == "qlora":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+        kwargs["quantization_config"] = bnb_4bit_config(dtype, double_quant=True)
     return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
 
 
@@ -71,10 +71,7 @@ def run_case(name: str, config, folder: Path, method: str, rank: int, batch_size
     model = load(folder, method, device, dtype).train()
     loaded = model_bytes(model)
     if checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # the new name (transformers 5.2x)
-            model.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
         model.enable_input_require_grads()
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

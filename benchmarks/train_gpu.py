@@ -8,7 +8,7 @@ the GPU in the compute dtype and quantized to NF4 with double quantization at on
 (16 GB) never exists. Then, for each runner: LoRA r=32, alpha=64, dropout 0.1 on q,k,v,o, the preset's
 batch size, accumulation, sequence length, gradient checkpointing and paged 8-bit AdamW, a fixed number of
 optimizer steps on random token ids (every token counts), tokens per second and the peak GPU memory measured
-against the estimate of `training.preset_memory` (course_utils.memory). Prints a table, then one JSON line.
+against the estimate of `memory.preset_memory`. Prints a table, then one JSON line.
 Without CUDA (and without --smoke) it says so and exits 0.
 """
 

@@ -5,8 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv_path.sh
-flag=()
-if [ "${1:-}" = "--colab" ]; then flag=(--colab); shift; fi
-venv=$(venv_path "${flag[@]}")
-bash scripts/setup_env.sh "${flag[@]}"
-"$venv/bin/python" scripts/run_notebooks.py --out build/notebooks "$@"
+with_venv "$@"
+"$venv/bin/python" scripts/run_notebooks.py --out build/notebooks "${args[@]}"

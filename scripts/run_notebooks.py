@@ -51,19 +51,20 @@ def offline_env() -> dict[str, str]:
 def execute(path: Path, timeout: int = 300, retries: int = 1) -> tuple[nbformat.NotebookNode, float]:
     """Run a notebook with a fresh kernel (at most `timeout` s a cell); returns it and its wall time in seconds.
 
-    Checkpoints and adapters the notebook saves go to a fresh temporary folder, so a run never resumes
-    from an earlier one's checkpoints.
+    Checkpoints and adapters the notebook saves go to a fresh temporary folder for every attempt, so a run
+    never resumes from an earlier one's checkpoints.
     """
-    with tempfile.TemporaryDirectory(prefix="course-run-") as scratch:
-        env = offline_env()
-        env["COURSE_CHECKPOINT_ROOT"] = scratch
-        for attempt in range(retries + 1):
-            nb = nbformat.read(path, as_version=4)
-            client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                                    resources={"metadata": {"path": str(path.parent)}})
+    env = offline_env()
+    for attempt in range(retries + 1):
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(path.parent)}})
+        with tempfile.TemporaryDirectory(prefix="course-run-") as scratch:  # a fresh one for every attempt
+            env["COURSE_CHECKPOINT_ROOT"] = scratch
             start = time.perf_counter()
             try:
                 client.execute(env=env)  # nbclient hands env to KernelManager.start_kernel
+                seconds = time.perf_counter() - start
                 break
             except CellTimeoutError:
                 # nbclient can wait forever for a reply that an idle kernel already sent when a cell displays
@@ -71,7 +72,6 @@ def execute(path: Path, timeout: int = 300, retries: int = 1) -> tuple[nbformat.
                 if attempt == retries:
                     raise
                 print(f"{path.name}: a cell got no reply within {timeout} s; running the notebook again", flush=True)
-        seconds = time.perf_counter() - start
     stamp(nb, seconds, profile=env["COURSE_PROFILE"])
     return nb, seconds
 

@@ -6,8 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv_path.sh
-flag=()
-if [ "${1:-}" = "--colab" ]; then flag=(--colab); shift; fi
-venv=$(venv_path "${flag[@]}")
-bash scripts/setup_env.sh "${flag[@]}"
-"$venv/bin/python" -m pytest "$@"
+with_venv "$@"
+"$venv/bin/python" -m pytest "${args[@]}"

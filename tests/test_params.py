@@ -1,7 +1,6 @@
 """count_params and param_breakdown against the model transformers builds on the meta device."""
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig

@@ -1,0 +1,99 @@
+"""Measuring a model (course_utils.evaluation): generation, scoring, token losses, the base's checksum."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from course_utils import data, evaluation, training
+from tests.test_training import base_checksum, task, tiny_lora_model  # noqa: F401  (task is a fixture)
+
+
+def test_batched_generation_matches_one_at_a_time(task):
+    splits, tokenizer = task
+    model = tiny_lora_model(tokenizer, seed=1).eval()
+    with torch.no_grad():  # make the adapter non-zero, so LoRA is in the computation
+        for name, p in training.trainable_parameters(model).items():
+            p.normal_(0, 0.5)
+    exs = splits["test"][:5]
+    batched = evaluation.generate(model, tokenizer, exs, batch_size=5, max_new_tokens=6)
+    single = [evaluation.generate(model, tokenizer, [ex], batch_size=1, max_new_tokens=6)[0] for ex in exs]
+    assert batched == single
+    result = evaluation.evaluate(model, tokenizer, exs)
+    assert 0 <= result["exact_match"] <= 1 and len(result["predictions"]) == 5
+
+
+def test_side_by_side_marks_right_and_wrong(task):
+    exs = task[0]["test"][:2]
+    table = evaluation.side_by_side(exs, ["nonsense", "x"], [data.make_answer(exs[0]["record"]), "y"], n=2)
+    assert table.count("✅") == 1 and table.count("❌") == 3 and exs[1]["request"] in table
+
+
+def test_token_losses_average_to_the_models_loss(task):
+    splits, tokenizer = task
+    model = tiny_lora_model(tokenizer, seed=2, dropout=0.0).eval()
+    ex = splits["train"][0]
+    rows = evaluation.token_losses(model, tokenizer, ex)
+    enc = data.encode_example(tokenizer, ex)
+    assert [r["token"] for r in rows] == tokenizer.convert_ids_to_tokens(enc["input_ids"][-len(rows):])
+    assert len(rows) == sum(label != data.IGNORE_INDEX for label in enc["labels"])
+    with torch.no_grad():
+        loss = model(input_ids=torch.tensor([enc["input_ids"]]), labels=torch.tensor([enc["labels"]])).loss
+    assert abs(sum(r["loss"] for r in rows) / len(rows) - loss.item()) < 1e-5
+    for r in rows:  # the guesses are sorted, and the right token's probability is exp(-loss)
+        probs = [p for _, p in r["top"]]
+        assert probs == sorted(probs, reverse=True) and len(probs) == 3
+        if r["top"][0][0] == r["token"]:
+            assert abs(probs[0] - math.exp(-r["loss"])) < 1e-5
+
+
+
+
+def test_generate_texts_continues_plain_prompts_like_generate(task):
+    splits, tokenizer = task
+    model = tiny_lora_model(tokenizer, seed=3).eval()
+    exs = splits["test"][:4]
+    prompts = [data.make_prompt(ex["request"]) for ex in exs]
+    assert evaluation.generate_texts(model, tokenizer, prompts, max_new_tokens=5, batch_size=3) == \
+        evaluation.generate(model, tokenizer, exs, max_new_tokens=5)
+    texts = evaluation.generate_texts(model, tokenizer, prompts[:1], max_new_tokens=5)
+    assert len(texts) == 1 and 0 < len(tokenizer(texts[0], add_special_tokens=False)["input_ids"]) <= 5
+
+
+def test_weights_checksum_sees_the_base_and_ignores_the_adapter(task):
+    tokenizer = task[1]
+    model = tiny_lora_model(tokenizer, seed=4)
+    first = evaluation.weights_checksum(model)
+    assert first == evaluation.weights_checksum(tiny_lora_model(tokenizer, seed=4, adapter_seed=9))  # A differs
+    assert first != evaluation.weights_checksum(tiny_lora_model(tokenizer, seed=5))  # another base
+    with torch.no_grad():
+        for name, p in training.trainable_parameters(model).items():
+            p.add_(1.0)  # training moves only the adapter ...
+    assert evaluation.weights_checksum(model) == first
+    assert base_checksum(model) == base_checksum(tiny_lora_model(tokenizer, seed=4))  # (the test's own reference)
+    with torch.no_grad():  # ... one base weight moving by one step of float32 is seen
+        w = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+        w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(math.inf))
+    assert evaluation.weights_checksum(model) != first
+
+
+def test_weights_checksum_is_the_same_with_or_without_peft_and_after_an_fp32_upcast(task):
+    tokenizer = task[1]
+    wrapped = tiny_lora_model(tokenizer, seed=6)
+    plain = wrapped.get_base_model()  # the same tensors, without PEFT's name prefixes
+    expected = evaluation.weights_checksum(wrapped)
+    bare = tiny_lora_model(tokenizer, seed=6).unload()  # the base alone: LoRA layers swapped back out
+    assert evaluation.weights_checksum(bare) == expected
+    half = tiny_lora_model(tokenizer, seed=6).unload().to(torch.bfloat16)  # rounded: a real change
+    assert evaluation.weights_checksum(half) != expected
+    back = half.float()  # bf16 values upcast to fp32 hash as the bf16 ones did (what prepare_model_for_kbit does)
+    assert evaluation.weights_checksum(back) == evaluation.weights_checksum(half)
+    assert evaluation.weights_checksum(plain) == expected
+
+
+def test_folder_mb_counts_every_file_below(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"x" * 1_500_000)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.bin").write_bytes(b"y" * 500_000)
+    assert evaluation.folder_mb(tmp_path) == 2.0
