@@ -17,7 +17,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -54,6 +54,50 @@ REQUEST_TEMPLATES = (
     "Is {day} at {time} free? I want to meet in {place} for {what} with {who}.",
     "Save the date for {what} with {who}, in {place} on {day} at {time}.",
     "We are in {place} on {day}, so book us for {what} at {time} with {who}.",
+)
+
+# More ways of writing a request, for training a real pretrained model (its reading of English is already there;
+# what 12 templates teach it is the templates): other verbs, orders, punctuation and lists.
+EXTRA_TEMPLATES = (
+    "Set up {what} with {who} on {day} at {time} in {place}.",
+    "{who} wants to do {what} in {place}. Book {day}, {time}.",
+    "Could we do {what} on {day}? {who} suggested {place} at {time}.",
+    "Organize {what} for {day} at {time} in {place} with {who}.",
+    "Event: {what}. Guest: {who}. City: {place}. Date: {day}. Time: {time}.",
+    "{time} on {day} works for {what} with {who} in {place}.",
+    "I'd love {what} with {who} - {place}, {day}, {time}.",
+    "New entry: {what} with {who}, {day} {time}, {place}",
+    "Book {place} for {what} on {day} at {time}; {who} is coming.",
+    "Fix a time with {who}: {what} on {day} at {time}, in {place}.",
+    "Line up {what} in {place} at {time} on {day} with {who}!",
+    "Calendar: {day}, {time}, {what} with {who} in {place}.",
+    "How about {what} with {who} at {time} on {day}? Somewhere in {place}.",
+    "Get me {what} with {who} in {place}, {day} around {time}.",
+    "{who}, {what}, {place}, {day}, {time}.",
+    "Please add {what} on {day} at {time} with {who} (in {place}).",
+    "Next {day} at {time}: {what} with {who} in {place}.",
+    "Join {who} for {what} in {place} on {day} at {time}.",
+    "Let me meet {who} in {place} on {day} for {what}, at {time}.",
+    "I need {what} in {place} with {who}; {day} at {time} suits me.",
+    "Make a booking: {what}, {place}, with {who}, {day} at {time}.",
+    "Time for {what}? {day} at {time} with {who} in {place}.",
+    "Meet {who} at {time} on {day} in {place} for {what}.",
+    "Plan {what} with {who}: {place}, {day} at {time}.",
+)
+
+# Phrasings no training example uses, to probe whether an adapter learned the task or the templates. Never
+# train on them (`heldout_probe` builds the probe set).
+HELDOUT_TEMPLATES = (
+    "{who} and I are having {what} in {place} on {day} at {time}; put it in my calendar.",
+    "Put {what} with {who} in my diary: {day}, {time}, {place}.",
+    "Reminder to self - {what}, {day} {time}, {place}, with {who}.",
+    "I'm meeting {who} for {what} at {time} this {day} in {place}.",
+    "Schedule {what} in {place} at {time} on {day} with {who}, please.",
+    "Note down {what} with {who} on {day}, {time}, in {place}.",
+    "{day} at {time} in {place} = {what} with {who}.",
+    "Would you arrange {what} for me and {who} in {place}, {day} at {time}?",
+    "Pencil in {who} for {what} on {day} at {time} in {place}.",
+    "My {what} with {who} is on {day} at {time} in {place}.",
 )
 
 INSTRUCTION = "Turn the request into a calendar record."
@@ -124,11 +168,11 @@ def record_of(event: dict) -> dict:
             "at": clock_24h(event["hour"], event["minute"]), "in": CITY_CODES[event["place"]]}
 
 
-def make_example(rng: random.Random) -> dict:
+def make_example(rng: random.Random, templates: tuple[str, ...] = REQUEST_TEMPLATES) -> dict:
     """One example of the task: {"request": ..., "record": {"for": "LUNCH", ...}, "target": "for LUNCH | ..."}."""
     event = random_event(rng)
     record = record_of(event)
-    return {"request": request_text(event, rng.choice(REQUEST_TEMPLATES)), "record": record,
+    return {"request": request_text(event, rng.choice(templates)), "record": record,
             "target": format_record(record)}
 
 
@@ -136,21 +180,31 @@ SPLIT_SIZES = {"train": 4000, "validation": 200, "test": 200}
 DATASET_SEED = 2024
 
 
-def make_dataset(seed: int = DATASET_SEED, sizes: dict | None = None) -> dict[str, list[dict]]:
-    """Train, validation and test splits; no request appears in two splits (or twice in one)."""
+def make_dataset(seed: int = DATASET_SEED, sizes: dict | None = None, templates: tuple[str, ...] = REQUEST_TEMPLATES,
+                 exclude: Iterable[str] = ()) -> dict[str, list[dict]]:
+    """Train, validation and test splits; no request appears in two splits (or twice in one), nor in `exclude`."""
     sizes = sizes or SPLIT_SIZES
     rng = random.Random(seed)
-    seen: set[str] = set()
+    seen: set[str] = set(exclude)
     splits: dict[str, list[dict]] = {}
     for split, n in sizes.items():
         rows = []
         while len(rows) < n:
-            example = make_example(rng)
+            example = make_example(rng, templates)
             if example["request"] not in seen:
                 seen.add(example["request"])
                 rows.append({"id": f"{split}-{len(rows):05d}", **example})
         splits[split] = rows
     return splits
+
+
+HELDOUT_SEED = 31337
+
+
+def heldout_probe(n: int = 200, seed: int = HELDOUT_SEED) -> list[dict]:
+    """`n` requests written with HELDOUT_TEMPLATES only (the same slot values): a test of the task, not the wording."""
+    return [{**ex, "id": f"heldout-{i:05d}"} for i, ex in
+            enumerate(make_dataset(seed, {"heldout": n}, HELDOUT_TEMPLATES)["heldout"])]
 
 
 DATASET_LICENSE = ("Generated by scripts/make_dataset.py from word lists and templates in course_utils/data.py; "

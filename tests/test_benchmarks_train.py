@@ -68,3 +68,24 @@ def test_cpu_step_time_runs_on_a_small_config():
     assert f"{result['threads']} threads" in stdout
     assert (f"generation: {result['generate_seconds']} s for {cpu_step_time.N_PROMPTS} prompts x "
             f"{cpu_step_time.NEW_TOKENS} new tokens") in stdout
+
+
+def test_train_real_runs_briefly_and_saves_an_adapter_peft_can_load(tmp_path):
+    from course_utils import real_model
+    if real_model.problem() is not None:
+        pytest.skip(real_model.problem())
+    stdout, result = run_script("benchmarks/train_real.py", "--only", "lora", "--steps", "2", "--batch-size", "2",
+                                "--n-train", "8", "--n-test", "2", "--n-heldout", "2", "--top-layers", "2",
+                                "--save", str(tmp_path / "adapter"), timeout=600)
+    assert result["benchmark"] == "train_real" and result["n_test"] == 2 and result["n_heldout"] == 2
+    (row,) = result["runs"]
+    assert row["method"] == "lora" and row["steps"] == 2 and row["train_seconds"] > 0
+    for key in ("exact_match_before", "exact_match_after", "heldout_exact_match_after"):
+        assert 0.0 <= row[key] <= 1.0
+    assert "held-out" in stdout
+    from peft import PeftModel
+    from course_utils import runtime
+    base, _ = runtime.load_model(runtime.choose_profile("cpu"))
+    model = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+    assert (tmp_path / "adapter" / "tokenizer.json").is_file()
