@@ -48,7 +48,7 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def execute(path: Path, timeout: int = 300, retries: int = 1) -> tuple[nbformat.NotebookNode, float]:
+def execute(path: Path, timeout: int = 600, retries: int = 1) -> tuple[nbformat.NotebookNode, float]:
     """Run a notebook with a fresh kernel (at most `timeout` s a cell); returns it and its wall time in seconds.
 
     Checkpoints and adapters the notebook saves go to a fresh temporary folder for every attempt, so a run

@@ -74,8 +74,8 @@ def test_train_real_runs_briefly_and_saves_an_adapter_peft_can_load(tmp_path):
     from course_utils import real_model
     if real_model.problem() is not None:
         pytest.skip(real_model.problem())
-    stdout, result = run_script("benchmarks/train_real.py", "--only", "lora", "--steps", "2", "--batch-size", "2",
-                                "--n-train", "8", "--n-test", "2", "--n-heldout", "2", "--top-layers", "2",
+    stdout, result = run_script("benchmarks/train_real.py", "--only", "lora", "--threads", "1", "--steps", "2",
+                                "--batch-size", "2", "--n-train", "8", "--n-test", "2", "--n-heldout", "2", "--top-layers", "2",
                                 "--save", str(tmp_path / "adapter"), timeout=600)
     assert result["benchmark"] == "train_real" and result["n_test"] == 2 and result["n_heldout"] == 2
     (row,) = result["runs"]
