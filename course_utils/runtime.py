@@ -265,9 +265,9 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
     if profile.name == "offline" and not Path(profile.model_id).is_dir():
         raise FileNotFoundError(f"The course's small model is missing from {display_path(profile.model_id)}. "
                                 "Run `python scripts/pretrain_course_model.py` from the repo's root to rebuild it.")
-    if profile.model_id == str(real_model.cache_folder()) and not real_model.is_complete(Path(profile.model_id)):
+    if profile.model_id == str(real_model.cache_folder()):
         try:
-            real_model.local_copy()
+            real_model.local_copy()  # converts on first use; returns at once when the copy is complete
         except RuntimeError as err:
             print(f"The local copy of SmolLM2-135M-Instruct can't be made: {err}. Falling back to the offline profile.")
             return load_model(_offline("the real model can't be had here, so the course's own model is used."),

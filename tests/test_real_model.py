@@ -17,8 +17,7 @@ def profile():
     env = runtime.Environment(colab=False, gpu=None, hub=False, token=False)
     chosen = runtime.choose_profile("cpu", env)
     assert chosen.name == "cpu" and chosen.model_id == str(real_model.cache_folder())
-    real_model.local_copy()  # converted once per machine (about a minute), then loaded in seconds
-    return chosen
+    return chosen  # load_model converts the copy once per machine (about a minute), then loads it in seconds
 
 
 @pytest.fixture(scope="module")
