@@ -8,17 +8,40 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria
 
 from course_utils import data
 from course_utils.runtime import progress
 from course_utils.training import model_device
 
 
+def cut_after_first_line(text: str) -> str:
+    """`text` up to the end of its first non-empty line (leading blank lines and spaces are kept)."""
+    start = len(text) - len(text.lstrip())
+    end = text.find("\n", start)
+    return text if end < 0 else text[:end]
+
+
+class FirstLineDone(StoppingCriteria):
+    """A stopping criterion for `model.generate`: a sequence is done once its new text holds a non-empty line
+    followed by a newline. It returns one flag per sequence, so a batch runs until its last sequence is done."""
+
+    def __init__(self, tokenizer, prompt_length: int):
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        done = ["\n" in text.lstrip() for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 100,
-                   show_progress: bool = False) -> list[str]:
+                   show_progress: bool = False, first_line: bool = False) -> list[str]:
     """Greedy continuations of text prompts, as text. Prompts are padded on the left, so that every one ends
-    where the new tokens start; a batched run gives what one prompt at a time would."""
+    where the new tokens start; a batched run gives what one prompt at a time would. With `first_line`, a
+    continuation stops at the end of its first non-empty line (a record is one line): an untrained model that
+    never writes EOS then costs a line, not `max_new_tokens`."""
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -30,8 +53,11 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
         out = model.generate(input_ids=batch["input_ids"].to(device),
                              attention_mask=batch["attention_mask"].to(device),
                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                             pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-        texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                             pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                             stopping_criteria=[FirstLineDone(tokenizer, batch["input_ids"].shape[1])]
+                             if first_line else None)
+        new_texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts += [cut_after_first_line(t) for t in new_texts] if first_line else new_texts
     model.train(was_training)
     return texts
 
@@ -43,7 +69,7 @@ def generate(model, tokenizer, examples: list[dict], batch_size: int = 100, max_
         max_new_tokens = 4 + max(len(tokenizer(data.make_answer(ex["record"]), add_special_tokens=False)["input_ids"])
                                  for ex in examples)
     prompts = [data.make_prompt(ex["request"]) for ex in examples]
-    return generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, show_progress)
+    return generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, show_progress, first_line=True)
 
 
 def evaluate(model, tokenizer, examples: list[dict], batch_size: int = 100, show_progress: bool = False) -> dict:

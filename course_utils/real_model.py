@@ -102,3 +102,14 @@ def local_copy(folder: str | Path | None = None) -> Path:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def prepare() -> bool:
+    """Make the local copy now (what `scripts/setup_env.sh` runs), saying in a sentence what happened."""
+    try:
+        folder = local_copy()
+    except RuntimeError as err:
+        print(f"SmolLM2-135M-Instruct is not ready: {err}. The lessons will use the course's small model.")
+        return False
+    print(f"SmolLM2-135M-Instruct is ready ({folder.name}, in the course's cache).")
+    return True

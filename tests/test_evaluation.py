@@ -55,7 +55,7 @@ def test_generate_texts_continues_plain_prompts_like_generate(task):
     model = tiny_lora_model(tokenizer, seed=3).eval()
     exs = splits["test"][:4]
     prompts = [data.make_prompt(ex["request"]) for ex in exs]
-    assert evaluation.generate_texts(model, tokenizer, prompts, max_new_tokens=5, batch_size=3) == \
+    assert evaluation.generate_texts(model, tokenizer, prompts, max_new_tokens=5, batch_size=3, first_line=True) == \
         evaluation.generate(model, tokenizer, exs, max_new_tokens=5)
     texts = evaluation.generate_texts(model, tokenizer, prompts[:1], max_new_tokens=5)
     assert len(texts) == 1 and 0 < len(tokenizer(texts[0], add_special_tokens=False)["input_ids"]) <= 5
@@ -97,3 +97,19 @@ def test_folder_mb_counts_every_file_below(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.bin").write_bytes(b"y" * 500_000)
     assert evaluation.folder_mb(tmp_path) == 2.0
+
+
+def test_first_line_cuts_at_the_end_of_the_first_non_empty_line():
+    assert evaluation.cut_after_first_line(" for TEA | with omar\nRequest: more") == " for TEA | with omar"
+    assert evaluation.cut_after_first_line("\n\n for TEA\nmore") == "\n\n for TEA"
+    assert evaluation.cut_after_first_line(" no newline") == " no newline"
+
+
+def test_generation_stops_after_the_first_line(task):
+    splits, tokenizer = task
+    model = tiny_lora_model(tokenizer, seed=3).eval()
+    prompts = [data.make_prompt(ex["request"]) for ex in splits["test"][:6]]
+    free = evaluation.generate_texts(model, tokenizer, prompts, max_new_tokens=40)
+    stopped = evaluation.generate_texts(model, tokenizer, prompts, max_new_tokens=40, first_line=True)
+    assert stopped == [evaluation.cut_after_first_line(text) for text in free]
+    assert all("\n" not in text.strip() for text in stopped)
