@@ -21,12 +21,15 @@ from pathlib import Path
 import torch
 
 from course_utils import real_model
+
+_network_failed = False  # set by the first failed download: later loads don't wait on a dead network again
 from course_utils.quantization import bnb_4bit_config, four_bit_problem, keep_standard_4bit_layout
 
 PROFILE_ENV = "COURSE_PROFILE"
 PROFILES = ("offline", "cpu", "gpu")
 CPU_MODEL_ID = real_model.HUB_ID  # SmolLM2-135M-Instruct: the same model online and offline
 GPU_MODEL_ID = "meta-llama/Llama-3.1-8B"
+GPU_MODEL_ENV = "COURSE_GPU_MODEL"  # a local folder that stands in for the 8B (scripts/gpu_check.sh, no Hub)
 OFFLINE_MODEL = "course-llama"  # folder under assets/
 MIN_GPU_GB = 14.0  # the 8B in NF4 with the T4 preset needs a 15 GB card
 
@@ -80,7 +83,7 @@ def detect_gpu() -> GPU | None:
 
 def hub_reachable(timeout: float = 2.0) -> bool:
     """True when the Hugging Face Hub answers; False at once when HF_HUB_OFFLINE is set."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if _network_failed or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     from huggingface_hub import constants
     try:
@@ -187,9 +190,18 @@ def _local_cpu_or_offline(env: Environment, asked: str) -> Profile:
     return _offline("the real model can't be had here, so the course uses the model and data shipped in the repo.")
 
 
+def gpu_model_id() -> str:
+    """The gpu profile's model: Llama 3.1 8B from the Hub, or the local folder named by $COURSE_GPU_MODEL."""
+    return os.environ.get(GPU_MODEL_ENV) or GPU_MODEL_ID
+
+
+def _local_folder(model_id: str) -> bool:
+    return Path(model_id).is_dir()
+
+
 def _gpu(env: Environment, reason: str) -> Profile:
     dtype = compute_dtype_for(env.gpu)[0]
-    return Profile("gpu", GPU_MODEL_ID, "cuda", True, dtype, reason)
+    return Profile("gpu", gpu_model_id(), "cuda", True, dtype, reason)
 
 
 def choose_profile(requested: str = "auto", env: Environment | None = None) -> Profile:
@@ -208,7 +220,7 @@ def choose_profile(requested: str = "auto", env: Environment | None = None) -> P
     gpu_problem = _gpu_problem(env)
     if requested == "gpu":
         if gpu_problem is None:
-            return _gpu(env, f"{asked}, and {env.gpu.name} with Hub access to {GPU_MODEL_ID} is here.")
+            return _gpu(env, f"{asked}, and {env.gpu.name} with access to {display_path(gpu_model_id())} is here.")
         print(f"The gpu profile can't run here: {gpu_problem}. Falling back to the cpu profile.")
         requested, asked = "cpu", "the gpu profile can't run here"
     if requested == "cpu":
@@ -217,10 +229,12 @@ def choose_profile(requested: str = "auto", env: Environment | None = None) -> P
         return _local_cpu_or_offline(env, asked)
 
     # auto
+    if gpu_problem is None and _local_folder(gpu_model_id()):  # a local stand-in for the 8B needs no Hub
+        return _gpu(env, f"{env.gpu.name} and the local model {display_path(gpu_model_id())} are here.")
     if not env.hub:
         return _offline("the Hugging Face Hub can't be reached, so the course uses the model and data shipped in the repo.")
     if gpu_problem is None:
-        return _gpu(env, f"{env.gpu.name} ({env.gpu.memory_gb:.0f} GB) and access to {GPU_MODEL_ID} are here.")
+        return _gpu(env, f"{env.gpu.name} ({env.gpu.memory_gb:.0f} GB) and access to {gpu_model_id()} are here.")
     return _cpu(env, f"the Hub is reachable but {gpu_problem}, so the small ungated {CPU_MODEL_ID} is used.")
 
 
@@ -231,11 +245,13 @@ def _gpu_problem(env: Environment) -> str | None:
         return f"there is no CUDA GPU{where}"
     if env.gpu.memory_gb < MIN_GPU_GB:
         return f"{env.gpu.name} has {env.gpu.memory_gb:.1f} GB and the 8B in 4-bit needs about {MIN_GPU_GB:.0f} GB"
+    if _local_folder(gpu_model_id()):
+        return None
     if not env.hub:
         return "the Hugging Face Hub can't be reached"
     if not env.token:
         return "no Hugging Face token was found (add HF_TOKEN to Colab's secrets, or run `hf auth login`)"
-    ok, why = has_access(GPU_MODEL_ID)
+    ok, why = has_access(gpu_model_id())
     return None if ok else why
 
 
@@ -249,17 +265,31 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
+def _switch(profile: Profile, other: Profile) -> Profile:
+    """Make `profile` the one actually used (in place), so the notebook's later cells (presets, run folders,
+    titles) follow the fallback."""
+    for name in ("name", "model_id", "device", "load_in_4bit", "compute_dtype", "reason"):
+        setattr(profile, name, getattr(other, name))
+    return profile
+
+
 def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtype | None = None):
     """(model, tokenizer) for a profile: 4-bit NF4 when asked and possible, else `dtype`; eval mode.
 
-    A download that fails (no network, no token, a gated model) falls back to the offline model with a sentence.
+    Nothing here stops a lesson: a download that fails (no network, no token, a gated model) falls back to the
+    local copy of SmolLM2 or the offline model, a gpu profile without 4-bit to the cpu profile, each with a
+    sentence; `profile` itself is updated to the one used, and a dead network is not tried again.
     """
+    global _network_failed
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
     if os.environ.get("COURSE_TEXT_PROGRESS") == "1":
         hf_logging.disable_progress_bar()
     four_bit = profile.load_in_4bit if four_bit is None else four_bit
     if four_bit and (problem := four_bit_problem(profile.device)):
+        if profile.name == "gpu":  # the 8B in 16 bits needs 16 GB: more than a T4, and than Colab's RAM
+            print(f"The gpu profile needs its base in 4-bit, and {problem}. Using the cpu profile instead.")
+            _switch(profile, choose_profile("cpu"))
         print(f"Loading without 4-bit: {problem}.")
         four_bit = False
     if profile.name == "offline" and not Path(profile.model_id).is_dir():
@@ -270,8 +300,8 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
             real_model.local_copy()  # converts on first use; returns at once when the copy is complete
         except RuntimeError as err:
             print(f"The local copy of SmolLM2-135M-Instruct can't be made: {err}. Falling back to the offline profile.")
-            return load_model(_offline("the real model can't be had here, so the course's own model is used."),
-                              four_bit, dtype)
+            _switch(profile, _offline("the real model can't be had here, so the course's own model is used."))
+            return load_model(profile, four_bit, dtype)
     kwargs: dict = {}
     if four_bit:
         kwargs.update(quantization_config=bnb_4bit_config(profile.compute_dtype), device_map=profile.device,
@@ -281,12 +311,18 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
     try:
         tokenizer = AutoTokenizer.from_pretrained(profile.model_id)
         model = AutoModelForCausalLM.from_pretrained(profile.model_id, **kwargs)
-    except Exception as err:  # no network, no token, a gated repo: say so and carry on offline
+    except Exception as err:  # no network, no token, a gated repo: say so and carry on
         if profile.name == "offline":
             raise
-        print(f"Could not load {display_path(profile.model_id)} ({str(err).splitlines()[0][:160]}). "
-              "Falling back to the offline profile.")
-        return load_model(_offline("loading the online model failed, so the course's own model is used."), four_bit, dtype)
+        print(f"Could not load {display_path(profile.model_id)} ({str(err).splitlines()[0][:160]}).")
+        if profile.model_id == str(real_model.cache_folder()):  # the local copy itself is damaged
+            fallback = _offline("the local copy of SmolLM2 did not load, so the course's own model is used.")
+        else:
+            _network_failed = _network_failed or not _local_folder(profile.model_id)
+            fallback = _local_cpu_or_offline(detect(check_hub=False), "loading from the Hub failed")
+        _switch(profile, fallback)
+        print(f"Using the {profile.name} profile instead: {display_path(profile.model_id)}.")
+        return load_model(profile, four_bit, dtype)
     if not four_bit and profile.device != "cpu":
         model = model.to(profile.device)
     if four_bit and profile.device == "cpu":

@@ -31,3 +31,12 @@ def pytest_terminal_summary(terminalreporter):
         for name, seconds in NOTEBOOK_TIMES.items():
             terminalreporter.write_line(f"{seconds:7.1f} s  {name}")
         terminalreporter.write_line(f"{sum(NOTEBOOK_TIMES.values()):7.1f} s  all notebooks")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_network_state():
+    """A test that simulates a failed download must not leave later tests thinking the network is dead."""
+    from course_utils import runtime
+    runtime._network_failed = False
+    yield
+    runtime._network_failed = False

@@ -136,12 +136,78 @@ def test_missing_offline_model_says_how_to_rebuild_it(monkeypatch, tmp_path):
         runtime.load_model(choose_profile("offline"))
 
 
-def test_failed_download_falls_back_to_the_offline_model(monkeypatch, capsys):
-    """A gated or unreachable Hub model: one sentence, then the course's own model (from assets/)."""
-    if not (runtime.assets_dir() / runtime.OFFLINE_MODEL).is_dir():
-        pytest.skip("assets/course-llama not built")
+def test_failed_download_falls_back_to_the_local_copy_of_the_same_model(monkeypatch, capsys):
+    """An unreachable Hub: one sentence, then SmolLM2 from its local copy (the same model, offline)."""
+    if runtime.real_model.problem() is not None:
+        pytest.skip(runtime.real_model.problem())
+    monkeypatch.setattr(runtime, "_network_failed", False)
     env = Environment(colab=False, gpu=None, hub=True, token=False)
     profile = choose_profile("cpu", env)
     model, tokenizer = runtime.load_model(profile)
-    assert "Falling back to the offline profile" in capsys.readouterr().out
-    assert model.config.model_type == "llama" and tokenizer is not None
+    out = capsys.readouterr().out
+    assert "Could not load HuggingFaceTB/SmolLM2-135M-Instruct" in out and "Using the cpu profile instead" in out
+    assert profile.model_id == str(runtime.real_model.cache_folder()) and "local copy" in profile.reason
+    assert model.config.model_type == "llama" and len(tokenizer) == 49152
+
+
+def test_preparing_the_real_model_without_its_package_says_what_to_run(capsys, monkeypatch, tmp_path):
+    from course_utils import real_model
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setattr(real_model, "find_gguf", lambda: None)
+    assert real_model.prepare() is False
+    out = capsys.readouterr().out
+    assert real_model.INSTALL_COMMAND in out and "small model" in out and not list(tmp_path.iterdir())
+
+
+def test_ci_has_the_real_model():
+    """In CI the real-model tests must run, not skip: setup_env.sh installs and converts SmolLM2."""
+    from course_utils import real_model
+    if not runtime.os.environ.get("CI"):
+        pytest.skip("outside CI, the real-model tests may skip with the command that installs it")
+    assert real_model.problem() is None
+
+
+def test_a_failed_download_updates_the_profile_and_never_waits_on_the_network_again(capsys, monkeypatch):
+    import transformers
+    monkeypatch.setattr(runtime, "_network_failed", False)
+    monkeypatch.setattr(runtime.real_model, "problem", lambda: "run `pip install x`")
+    real_from_pretrained = transformers.AutoTokenizer.from_pretrained
+
+    def no_network(model_id, *args, **kwargs):
+        if not runtime.Path(model_id).is_dir():
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+        return real_from_pretrained(model_id, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_network)
+    profile = runtime.Profile("cpu", runtime.CPU_MODEL_ID, "cpu", False, torch.float32, "the Hub was reachable")
+    model, _ = runtime.load_model(profile)
+    assert profile.name == "offline" and profile.model_id.endswith("course-llama")  # later cells see the truth
+    assert model.config.vocab_size < 1000
+    out = capsys.readouterr().out
+    assert "Could not load HuggingFaceTB/SmolLM2-135M-Instruct" in out and "offline profile" in out
+
+    def no_call(*args, **kwargs):
+        raise AssertionError("the network was tried again")
+
+    monkeypatch.setattr(runtime.urllib.request, "urlopen", no_call)
+    assert runtime.hub_reachable() is False
+    assert choose_profile("auto").name == "offline"
+
+
+def test_the_gpu_profile_without_4bit_switches_to_the_cpu_profile(capsys, monkeypatch):
+    monkeypatch.setattr(runtime, "four_bit_problem", lambda device: "bitsandbytes is not installed")
+    monkeypatch.setattr(runtime, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(runtime.real_model, "problem", lambda: "run `pip install x`")
+    profile = runtime.Profile("gpu", runtime.GPU_MODEL_ID, "cuda", True, torch.float16, "a T4 and a token")
+    model, _ = runtime.load_model(profile, four_bit=True)
+    out = capsys.readouterr().out
+    assert "Using the cpu profile instead" in out and "bitsandbytes is not installed" in out
+    assert profile.name != "gpu" and not getattr(model, "is_loaded_in_4bit", False)
+
+
+def test_a_local_folder_stands_in_for_the_8b(monkeypatch):
+    monkeypatch.setenv(runtime.GPU_MODEL_ENV, str(runtime.assets_dir() / runtime.OFFLINE_MODEL))
+    p = choose_profile("auto", Environment(colab=False, gpu=T4, hub=False, token=False))
+    assert p.name == "gpu" and p.model_id.endswith("course-llama") and "local model" in p.reason
+    monkeypatch.delenv(runtime.GPU_MODEL_ENV)
+    assert choose_profile("auto", Environment(colab=False, gpu=T4, hub=False, token=False)).name == "offline"

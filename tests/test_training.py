@@ -298,3 +298,65 @@ def test_resume_on_the_qlora_path_of_notebook_06(tmp_path):
     assert final.keys() == expected.keys() and len(final) == 2 * 4 * load_config("course-llama").num_hidden_layers
     for name in expected:
         torch.testing.assert_close(final[name], expected[name], atol=1e-6, rtol=0)
+
+
+def test_a_reloaded_adapter_matches_the_trained_model_only_on_a_base_prepared_the_same_way(tmp_path):
+    """Notebook 06's reload check on a 16-bit-compute base (as on a GPU; bf16 here, on the CPU): the trained model
+    was prepared (norms, embeddings, lm_head in fp32), so the fresh base must be prepared too, or the logits differ."""
+    from peft import PeftModel, prepare_model_for_kbit_training
+    from course_utils import runtime
+    offline = runtime.choose_profile("offline")
+    profile = runtime.Profile("offline", offline.model_id, "cpu", True, torch.bfloat16, "bf16 compute")
+    model, tokenizer = runtime.load_model(profile, four_bit=True)
+    tokenizer = data.prepare_tokenizer(tokenizer)
+    assert model.model.norm.weight.dtype == torch.bfloat16
+    model = training.add_peft_lora(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), r=8,
+                                   alpha=16)
+    batches = data.Batches(data.encode_split(tokenizer, data.load_split("train", limit=32), 64), 8,
+                           tokenizer.pad_token_id)
+    training.train(model, batches, training.TrainConfig(steps=3, batch_size=8, lr=3e-3, warmup_steps=1),
+                   show_progress=False)
+    model.save_pretrained(tmp_path / "adapter")
+    probe = {k: v for k, v in batches.batch(0).items() if k != "labels"}
+    with torch.no_grad():
+        trained = model.eval()(**probe).logits.float()
+
+    def reloaded_logits(prepare: bool) -> torch.Tensor:
+        fresh, _ = runtime.load_model(profile, four_bit=True)
+        if prepare:
+            fresh = prepare_model_for_kbit_training(fresh, use_gradient_checkpointing=False)
+        with torch.no_grad():
+            return PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()(**probe).logits.float()
+
+    assert (reloaded_logits(prepare=True) - trained).abs().max() == 0
+    assert (reloaded_logits(prepare=False) - trained).abs().max() > 1e-3  # what the notebook did before
+
+
+def test_checkpointing_is_never_the_reentrant_kind(recwarn):
+    """torch warns (and will fail) when use_reentrant is left unset: training.enable_gradient_checkpointing sets
+    False, and every call that lets PEFT turn checkpointing on passes it too."""
+    import re
+    import warnings
+    from peft import prepare_model_for_kbit_training
+    from course_utils import runtime
+    model, tokenizer = runtime.load_model(runtime.choose_profile("offline"), four_bit=True)
+    model = training.add_peft_lora(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), r=4,
+                                   alpha=8)
+    training.enable_gradient_checkpointing(model)
+    batches = data.Batches(data.encode_split(data.prepare_tokenizer(tokenizer), data.load_split("train", limit=8), 64),
+                           8, tokenizer.pad_token_id)
+    warnings.simplefilter("always")
+    model.train()
+    model(**batches.batch(0)).loss.backward()
+    assert not [w for w in recwarn if "use_reentrant" in str(w.message)]
+
+    root = runtime.repo_root()
+    calls = []
+    for path in [*root.glob("notebooks/*.ipynb"), *root.glob("benchmarks/*.py"), *root.glob("course_utils/*.py")]:
+        text = path.read_text().replace('\\"', '"').replace("\\n", "\n")
+        for call in re.findall(r"prepare_model_for_kbit_training\((.*?)\)\s*(?:#|\n)", text, re.S):
+            if "use_gradient_checkpointing=False" not in call:
+                calls.append((path.name, call))
+    assert calls, "notebook 06 lets PEFT turn checkpointing on (the preset decides)"
+    for name, call in calls:
+        assert '"use_reentrant": False' in call, f"{name}: {call}"
