@@ -118,21 +118,36 @@ def side_by_side(examples: list[dict], before: list[str], after: list[str], n: i
     return "\n".join(lines)
 
 
-def weights_checksum(model, skip: tuple[str, ...] = ("lora_",)) -> str:
+def weights_checksum(model, skip: tuple[str, ...] = ("lora_",), chunk_bytes: int = 4 << 20) -> str:
     """sha256 of the model's weights, skipping parameters whose name contains one of `skip` (the adapter).
 
     A 4-bit weight is hashed as its packed NF4 bytes; any other weight by its values as float32, so the
-    upcast of norms to fp32 by `prepare_model_for_kbit_training` does not count as a change.
+    upcast of norms to fp32 by `prepare_model_for_kbit_training` does not count as a change. Each tensor is
+    fed to the hash in pieces of about `chunk_bytes`, each moved to the CPU and converted on its own: hashing
+    the 8B never copies a whole tensor (its fp32 embeddings alone take 2 GB), and the digest is the one that
+    the whole tensor's bytes in one piece give.
     """
+    def pieces(t: torch.Tensor, n: int):
+        """The values of `t` in row-major order, in 1-d pieces of at most `n` (views when `t` is contiguous;
+        else cut along the first dimension, each piece copied on its own)."""
+        if t.dim() == 0 or t.is_contiguous():
+            flat = t.reshape(-1)
+            yield from (flat[i:i + n] for i in range(0, flat.numel(), n))
+        else:
+            rows = max(1, n // max(1, t[0].numel()))
+            yield from (t[i:i + rows].reshape(-1) for i in range(0, t.shape[0], rows))
+
     digest = hashlib.sha256()
     for name, p in model.named_parameters():
         if any(s in name for s in skip):
             continue
         name = name.replace("base_model.model.", "").replace(".base_layer", "")  # the same name with or without peft
-        t = p.detach().cpu()  # to the CPU first: no extra GPU memory for the float32 copy
-        t = t if type(p).__name__ == "Params4bit" else t.float()
+        four_bit = type(p).__name__ == "Params4bit"
         digest.update(name.encode())
-        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+        t = p.detach()
+        for piece in pieces(t, max(1, chunk_bytes // (t.element_size() if four_bit else 4))):
+            piece = piece.cpu() if four_bit else piece.cpu().float()  # a view, not a copy, when already fp32 on a CPU
+            digest.update(piece.contiguous().view(torch.uint8).numpy())  # numpy's buffer: hashed without a copy
     return digest.hexdigest()
 
 

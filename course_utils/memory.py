@@ -15,6 +15,9 @@ transformers store it (checked against real loads in tests/test_memory.py):
 
 `training_memory(config, method, ...)` adds gradients, optimizer states and activations for full fine-tuning,
 LoRA and QLoRA, and says which GPUs the total fits. course_utils.footprint measures the same on a real model.
+With `prepared=True` (QLoRA after `prepare_model_for_kbit_training`, under fp16/bf16 autocast, as notebook 06
+trains) it also counts fp32 embeddings, norms, lm_head and residual stream, and autocast's 16-bit copies of
+lm_head and the adapters (held to a measurement in tests/test_saved_tensors.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 
 from transformers import LlamaConfig
 
-from course_utils.lora import COURSE_RANK, COURSE_TARGETS, lora_shapes, target_kinds
+from course_utils.lora import COURSE_RANK, lora_shapes, target_kinds
 from course_utils.params import LINEAR_KINDS, head_dim, linear_shapes, param_breakdown
 from course_utils.quantization import DOUBLE_QUANT_BLOCK_SIZE, NF4_BLOCK_SIZE
 
@@ -42,6 +45,7 @@ METHODS = ("full", "full-mixed", "lora", "qlora")
 # bitsandbytes' 8-bit AdamW, plain or paged (the same bytes: paging moves them to CPU memory when the GPU is full).
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes keeps 32-bit optimizer states for tensors smaller than this
+COPIES_PART = "16-bit copies (autocast)"  # the name of TrainingMemory.autocast_copies in parts()
 
 
 # ----------------------------------------------------------------------------------------------- weights
@@ -126,25 +130,33 @@ def optimizer_bytes(tensor_sizes: list[int], optimizer: str = "adamw", state_byt
 
 def activation_bytes(config: LlamaConfig, batch_size: int, seq_len: int, method: str = "lora",
                      targets=("q_proj", "v_proj"), rank: int = 8, gradient_checkpointing: bool = False,
-                     compute_bytes: int = 2, adapter_bytes: int = 4) -> dict[str, int]:
+                     compute_bytes: int = 2, adapter_bytes: int = 4, prepared: bool = False,
+                     lora_dropout: float = 0.0) -> dict[str, int]:
     """Activation memory of one training step, by part, from the tensors autograd keeps for the backward pass.
 
     Per token, with d = hidden, q = heads x head_dim, kv = KV heads x head_dim, f = MLP size, V = vocabulary,
-    a = bytes of the compute dtype, in one decoder layer:
+    a = bytes of the compute dtype, in one decoder layer of a model computing in that dtype:
     - each RMSNorm keeps its input upcast to float32 and 1/rms (4d + 4); with a trainable scale also the
       normalized input (a d); its output (a d) is kept when a trainable Linear reads it;
     - attention (SDPA with a flash-style kernel) keeps q, k, v after RoPE, its output (a (2q + 2kv); o_proj
       reads that output in place) and a float32 log-sum-exp per head (4 heads);
     - the MLP keeps gate, SiLU(gate) and up (3 a f), and their product (a f) when down_proj is trainable;
-    - a LoRA target whose adapter dtype differs from the compute dtype keeps its own copy of its input in the
-      adapter dtype (adapter_bytes x in; with the same dtype it shares the input above), and A's output
-      (adapter_bytes x rank). LoRA dropout would add a mask per target (not counted).
-    With gradient checkpointing only each layer's input (a d) is kept, and one layer is recomputed at a time.
-    After the layers: the final norm, and the float32 log-softmax of the loss (4 V). While the backward pass
-    starts, the logits (a V, held by the model's output) and one float32 gradient of them (4 V) are alive too;
-    QLoRA also dequantizes one weight matrix at a time to the compute dtype.
+    - a LoRA target whose adapter dtype differs from the compute dtype (or that has dropout) keeps its own copy
+      of its input in the adapter dtype (adapter_bytes x in; else it shares the input above), and A's output
+      (adapter_bytes x rank). LoRA dropout (`lora_dropout` > 0) adds its mask: 1 byte per input value on a GPU.
+    With `prepared` (QLoRA after `prepare_model_for_kbit_training`, under autocast to the compute dtype) the
+    embeddings, so the residual stream, are float32 and each 4-bit Linear returns its input's dtype: each RMSNorm
+    keeps 4d + 4 (its scale is frozen), attention the same as above (SDPA runs under autocast), the MLP gate, up
+    and SiLU(gate) in float32 (3 x 4f), every LoRA target autocast's copy of its input (a x in), A's output
+    (a x rank) and the dropout mask; autocast's copies of weights are `autocast_copy_bytes`.
+    With gradient checkpointing only each layer's input is kept (a d; 4d when prepared), and one layer is
+    recomputed at a time. After the layers: the final norm, and the float32 log-softmax of the loss (4 V).
+    While the backward pass starts, the logits (a V, held by the model's output) and one float32 gradient of
+    them (4 V) are alive too; QLoRA also dequantizes one weight matrix at a time to the compute dtype.
     """
     method = _check_choice(method, METHODS, "method")
+    if prepared and method != "qlora":
+        raise ValueError("prepared=True describes QLoRA after prepare_model_for_kbit_training: use method='qlora'.")
     tokens = batch_size * seq_len
     d, f, V = config.hidden_size, config.intermediate_size, config.vocab_size
     e = head_dim(config)
@@ -153,27 +165,47 @@ def activation_bytes(config: LlamaConfig, batch_size: int, seq_len: int, method:
     full = method in ("full", "full-mixed")
     trained = set(LINEAR_KINDS) if full else set(target_kinds(targets))
     shapes = linear_shapes(config)
-    copies = not full and adapter_bytes != a  # PEFT casts each target's input to the adapter dtype
+    mask = 1 if lora_dropout > 0 and not full else 0  # torch's native_dropout keeps a bool mask (CUDA)
+    copies = not full and (adapter_bytes != a or mask > 0)  # PEFT casts each input; dropout makes a new one
 
     def norm(read_by: set[str]) -> int:
         reads = bool(trained & read_by) and not copies
         return 4 * d + 4 + (a * d if full else 0) + (a * d if reads else 0)
 
-    layer = norm({"q_proj", "k_proj", "v_proj"}) + norm({"gate_proj", "up_proj"})
-    layer += a * (2 * q + 2 * kv) + 4 * h
-    layer += 3 * a * f + (a * f if "down_proj" in trained and not copies else 0)
-    if not full:
-        layer += sum((adapter_bytes * shapes[k][0] if copies else 0) + adapter_bytes * rank for k in trained)
-    if gradient_checkpointing:
-        parts = {"layer inputs (checkpoints)": config.num_hidden_layers * a * d, "one recomputed layer": layer}
+    if prepared:
+        layer = 2 * (4 * d + 4) + a * (2 * q + 2 * kv) + 4 * h + 3 * 4 * f
+        layer += sum((a + mask) * shapes[k][0] + a * rank for k in trained)
+        checkpoint, rest = 4 * d, tokens * (4 * d + 4 + 4 * V) + seq_len * 2 * 4 * e  # cos/sin: float32, per position
     else:
-        parts = {"decoder layers": config.num_hidden_layers * layer}
-    parts["rotary cos/sin, final norm, loss"] = 2 * a * e + norm(set()) + 4 * V
-    parts["logits and their gradient"] = (a + 4) * V
-    out = {name: tokens * nbytes for name, nbytes in parts.items()}
+        layer = norm({"q_proj", "k_proj", "v_proj"}) + norm({"gate_proj", "up_proj"})
+        layer += a * (2 * q + 2 * kv) + 4 * h
+        layer += 3 * a * f + (a * f if "down_proj" in trained and not copies else 0)
+        if not full:
+            layer += sum((adapter_bytes * shapes[k][0] + mask * shapes[k][0] if copies else 0) + adapter_bytes * rank
+                         for k in trained)
+        checkpoint, rest = a * d, tokens * (2 * a * e + norm(set()) + 4 * V)
+    if gradient_checkpointing:
+        out = {"layer inputs (checkpoints)": tokens * config.num_hidden_layers * checkpoint,
+               "one recomputed layer": tokens * layer}
+    else:
+        out = {"decoder layers": tokens * config.num_hidden_layers * layer}
+    out["rotary cos/sin, final norm, loss"] = rest
+    out["logits and their gradient"] = tokens * (a + 4) * V
     if method == "qlora":
         out["one dequantized weight"] = a * max(i * o for i, o in shapes.values())
     return out
+
+
+def autocast_copy_bytes(config: LlamaConfig, targets=("q_proj", "v_proj"), rank: int = 8,
+                        gradient_checkpointing: bool = False, compute_bytes: int = 2) -> dict[str, int]:
+    """The 16-bit copies of float32 weights that autocast makes for `F.linear` and the backward pass keeps (to send
+    the gradient on to the layer's input), by part: lm_head, float32 once prepared (V x d x compute_bytes: 1.05 GB
+    on the 8B), and the LoRA matrices, every layer's without checkpointing, the recomputed layer's with it.
+    """
+    per_layer = sum(r * c for r, c in lora_shapes(config, rank, targets)) // config.num_hidden_layers
+    layers = 1 if gradient_checkpointing else config.num_hidden_layers
+    return {"lm_head (16-bit copy)": compute_bytes * config.vocab_size * config.hidden_size,
+            "LoRA matrices (16-bit copies)": compute_bytes * per_layer * layers}
 
 
 @dataclass
@@ -190,15 +222,20 @@ class TrainingMemory:
     settings: dict = field(default_factory=dict)
     activation_parts: dict = field(default_factory=dict)
     config: LlamaConfig | None = field(default=None, repr=False)
+    autocast_copies: int = 0  # 16-bit copies of fp32 weights kept for the backward pass (prepared QLoRA only)
+    copy_parts: dict = field(default_factory=dict)
 
     @property
     def total(self) -> int:
-        return self.weights + self.adapter + self.gradients + self.optimizer + self.activations
+        return self.weights + self.adapter + self.gradients + self.optimizer + self.activations + self.autocast_copies
 
     def parts(self) -> dict[str, int]:
-        """The parts of the stacked bar, in bytes."""
-        return {"weights": self.weights, "LoRA adapter": self.adapter, "gradients": self.gradients,
-                "optimizer states": self.optimizer, "activations": self.activations}
+        """The parts of the stacked bar, in bytes ("16-bit copies (autocast)" only when there are any)."""
+        out = {"weights": self.weights, "LoRA adapter": self.adapter, "gradients": self.gradients,
+               "optimizer states": self.optimizer, "activations": self.activations}
+        if self.autocast_copies:
+            out[COPIES_PART] = self.autocast_copies
+        return out
 
     def fits(self, gpu: str, headroom: float = HEADROOM) -> bool:
         """Whether the total fits in the GPU's memory, keeping `headroom` of it free."""
@@ -221,14 +258,17 @@ class TrainingMemory:
 def training_memory(config: LlamaConfig, method: str = "qlora", rank: int = 16, targets=("q_proj", "v_proj"),
                     batch_size: int = 1, seq_len: int = 512, gradient_checkpointing: bool = True,
                     optimizer: str = "adamw", compute_dtype: str = "bf16", adapter_dtype: str = "fp32",
-                    double_quant: bool = True) -> TrainingMemory:
+                    double_quant: bool = True, prepared: bool = False, lora_dropout: float = 0.0) -> TrainingMemory:
     """Estimate the memory of one training step, by part.
 
     method: "full" (fp32 weights, gradients and AdamW), "full-mixed" (16-bit weights and gradients, fp32
     master weights and AdamW moments, as in the ZeRO paper), "lora" (frozen 16-bit base + adapters) or
     "qlora" (frozen NF4 base + adapters). `rank` and `targets` (module names such as "q_proj", or "all-linear")
     describe the adapters; `compute_dtype` is the 16-bit type of activations and unquantized weights;
-    `adapter_dtype` is the adapters' storage (PEFT keeps them in fp32 by default).
+    `adapter_dtype` is the adapters' storage (PEFT keeps them in fp32 by default); `lora_dropout` > 0 adds the
+    dropout masks. `prepared` (QLoRA only): the base went through `prepare_model_for_kbit_training` and trains
+    under autocast to `compute_dtype`, so embeddings, norms and lm_head are fp32, the residual stream is fp32,
+    and autocast's 16-bit copies of lm_head and the adapters count ("16-bit copies (autocast)").
     """
     method = _check_choice(method, METHODS, "method")
     _check_choice(compute_dtype, tuple(FLOAT_BYTES), "compute_dtype")
@@ -239,7 +279,8 @@ def training_memory(config: LlamaConfig, method: str = "qlora", rank: int = 16, 
     targets = tuple(target_kinds(targets)) if method in ("lora", "qlora") else LINEAR_KINDS
     settings = dict(method=method, rank=rank, targets=targets, batch_size=batch_size, seq_len=seq_len,
                     gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, compute_dtype=compute_dtype,
-                    adapter_dtype=adapter_dtype, double_quant=double_quant)
+                    adapter_dtype=adapter_dtype, double_quant=double_quant, prepared=prepared,
+                    lora_dropout=lora_dropout)
     if method == "full":
         compute_dtype = "fp32"
     a = FLOAT_BYTES[compute_dtype]
@@ -257,14 +298,18 @@ def training_memory(config: LlamaConfig, method: str = "qlora", rank: int = 16, 
     else:
         sizes = [r * c for r, c in lora_shapes(config, rank, targets)]
         n_train = sum(sizes)
-        weights = (weight_bytes(config, "nf4", double_quant, unquantized=compute_dtype) if method == "qlora"
+        unquantized = "fp32" if prepared else compute_dtype
+        weights = (weight_bytes(config, "nf4", double_quant, unquantized=unquantized) if method == "qlora"
                    else weight_bytes(config, compute_dtype))
         adapter = n_train * FLOAT_BYTES[adapter_dtype]
         gradients = adapter
         opt = optimizer_bytes(sizes, optimizer, state_bytes=FLOAT_BYTES[adapter_dtype])
     acts = activation_bytes(config, batch_size, seq_len, method, targets, rank, gradient_checkpointing,
-                            compute_bytes=a, adapter_bytes=FLOAT_BYTES[adapter_dtype])
-    return TrainingMemory(method, weights, adapter, gradients, opt, sum(acts.values()), n_train, settings, acts, config)
+                            compute_bytes=a, adapter_bytes=FLOAT_BYTES[adapter_dtype], prepared=prepared,
+                            lora_dropout=lora_dropout)
+    copies = autocast_copy_bytes(config, targets, rank, gradient_checkpointing, a) if prepared else {}
+    return TrainingMemory(method, weights, adapter, gradients, opt, sum(acts.values()), n_train, settings, acts,
+                          config, autocast_copies=sum(copies.values()), copy_parts=copies)
 
 
 def suggested_settings(estimate: TrainingMemory, gpu: str = "T4") -> tuple[list[str], dict] | None:
@@ -340,19 +385,16 @@ def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
 
 
 def preset_memory(config: LlamaConfig, train_config, rank: int = COURSE_RANK,
-                  targets: tuple[str, ...] = COURSE_TARGETS, prepared: bool = True) -> TrainingMemory:
+                  targets: tuple[str, ...] | None = None, prepared: bool = True) -> TrainingMemory:
     """The estimated peak memory of QLoRA training with a `training.TrainConfig` preset (bytes by part).
 
-    It is `training_memory` with the preset's batch size, sequence length, checkpointing, optimizer and
-    compute dtype; with `prepared`, the embeddings, norms and lm_head count in fp32, because
-    `prepare_model_for_kbit_training` upcasts every weight bitsandbytes left unquantized.
+    It is `training_memory` with the preset's batch size, sequence length, checkpointing, optimizer, compute
+    dtype, LoRA targets (unless `targets` is given) and dropout, and `prepared` (notebook 06 and
+    benchmarks/train_gpu.py run `prepare_model_for_kbit_training`, then train under autocast).
     """
     compute = "bf16" if train_config.mixed_precision == "bf16" else "fp16"
-    estimate = training_memory(
-        config, "qlora", rank=rank, targets=targets, batch_size=train_config.batch_size,
-        seq_len=train_config.max_length, gradient_checkpointing=train_config.gradient_checkpointing,
-        compute_dtype=compute, optimizer=train_config.optimizer)
-    if prepared:
-        estimate.weights += (weight_bytes(config, "nf4", unquantized="fp32")
-                             - weight_bytes(config, "nf4", unquantized=compute))
-    return estimate
+    return training_memory(
+        config, "qlora", rank=rank, targets=train_config.lora_targets if targets is None else targets,
+        batch_size=train_config.batch_size, seq_len=train_config.max_length,
+        gradient_checkpointing=train_config.gradient_checkpointing, compute_dtype=compute,
+        optimizer=train_config.optimizer, prepared=prepared, lora_dropout=train_config.lora_dropout)

@@ -14,7 +14,7 @@ from course_utils.lora import check_rank_alpha
 from course_utils.memory import GPUS, TrainingMemory
 
 PART_COLORS = {"weights": "#6baed6", "LoRA adapter": "#fd8d3c", "gradients": "#fdd0a2",
-               "optimizer states": "#9e9ac8", "activations": "#a1d99b"}
+               "optimizer states": "#9e9ac8", "activations": "#a1d99b", "16-bit copies (autocast)": "#e7969c"}
 COLORS = {"embed": "#f6d38b", "norm": "#c9e4ca", "attn": "#9ecae1", "mlp": "#fdae6b", "head": "#d4b9da", "io": "#eeeeee"}
 
 
@@ -101,7 +101,9 @@ def draw_memory_bars(estimates: dict[str, TrainingMemory], ax=None, gpus: dict[s
     labels = list(estimates)
     bottoms = [0.0] * len(labels)
     for part, color in PART_COLORS.items():
-        heights = [estimates[k].parts()[part] / 1e9 for k in labels]
+        heights = [estimates[k].parts().get(part, 0) / 1e9 for k in labels]
+        if not any(heights):  # a part none of the estimates has (the autocast copies of full fine-tuning)
+            continue
         ax.bar(labels, heights, bottom=bottoms, color=color, edgecolor="#555555", lw=0.5, label=part,
                width=0.6 if len(labels) > 1 else 0.4)
         bottoms = [b + h for b, h in zip(bottoms, heights)]

@@ -34,13 +34,39 @@ def test_train_gpu_skips_without_cuda():
 
 
 def test_train_gpu_smoke_runs_both_runners(tmp_path):
-    stdout, result = run_script("benchmarks/train_gpu.py", "--smoke", "--steps", "2", "--out", str(tmp_path))
-    assert result["smoke"] is True and result["steps"] == 2
+    stdout, result = run_script("benchmarks/train_gpu.py", "--smoke", "--steps", "3", "--warm-from", "1",
+                                "--out", str(tmp_path))
+    assert result["smoke"] is True and result["steps"] == 3 and result["warm_from"] == 1
+    assert result["mixed_precision"] == "bf16" and result["optimizer"] == "paged_adamw_8bit"
     assert set(result["runners"]) == {"our loop", "transformers Trainer"}
-    for row in result["runners"].values():
-        assert row["tokens_per_s"] > 0 and row["final_loss"] > 0
-    assert result["estimate_gb"] > 0
-    assert "tokens/s" in stdout and "estimate" in stdout
+    for name, row in result["runners"].items():
+        assert row["error"] is None, row
+        assert row["timed_steps"] == 2 and row["tokens_per_s"] > 0 and row["final_loss"] > 0, row
+        # What really ran: bf16 autocast in force at lm_head (so bf16 logits from the fp32 lm_head), and
+        # bitsandbytes' 8-bit AdamW with 8-bit (uint8) states for the adapter matrices of 4096 values or more.
+        assert row["autocast"] == "bfloat16" and row["logits_dtype"] == "bfloat16", (name, row)
+        assert row["checkpointing"] is True, (name, row)  # the T4 preset's, in both runners
+        assert row["optimizer"].startswith("bitsandbytes.optim.") and row["optimizer_8bit_states"] > 0, (name, row)
+        assert row["paged_optimizer_gb"] == 0  # bitsandbytes does not page on the CPU
+        assert row["peak_allocated_gb"] is None and row["device_used_gb"] is None  # no GPU memory to read
+    assert result["runners"]["our loop"]["optimizer"] == "bitsandbytes.optim.adamw.PagedAdamW8bit"
+    assert result["runners"]["transformers Trainer"]["optimizer"] == "bitsandbytes.optim.adamw.AdamW"  # optim_bits=8
+    assert result["estimate_gb"] > 0 and result["estimate_parts_gb"]["16-bit copies (autocast)"] > 0
+    assert "tokens/s" in stdout and "estimate" in stdout and "8-bit states" in stdout
+
+
+def test_train_gpu_helpers_on_the_cpu():
+    from benchmarks import train_gpu
+    from course_utils import training
+    if not torch.cuda.is_available():
+        assert "ignored on the CPU" in train_gpu.cap_memory(15)
+    assert train_gpu.cap_memory(None) == ""
+    model = train_gpu.build_random_nf4_model(train_gpu.smoke_config(), torch.float32, "cpu")
+    training.enable_gradient_checkpointing(model)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    train_gpu.disable_checkpointing(model)  # the real API of this transformers (both venvs)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    assert train_gpu.paged_bytes(train_gpu.paged_count()) == 0
 
 
 def test_train_offline_prints_before_and_after():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from course_utils import data, evaluation, training
@@ -90,6 +91,70 @@ def test_weights_checksum_is_the_same_with_or_without_peft_and_after_an_fp32_upc
     back = half.float()  # bf16 values upcast to fp32 hash as the bf16 ones did (what prepare_model_for_kbit does)
     assert evaluation.weights_checksum(back) == evaluation.weights_checksum(half)
     assert evaluation.weights_checksum(plain) == expected
+
+
+def whole_tensor_checksum(model, skip=("lora_",)) -> str:
+    """weights_checksum as it was first written: every tensor copied whole (to fp32, then to bytes)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if any(s in name for s in skip):
+            continue
+        name = name.replace("base_model.model.", "").replace(".base_layer", "")
+        t = p.detach().cpu()
+        t = t if type(p).__name__ == "Params4bit" else t.float()
+        digest.update(name.encode())
+        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_weights_checksum_in_pieces_equals_hashing_whole_tensors(task):
+    """The streamed digest is the one of the whole tensors' bytes: for fp32, bf16 and non-contiguous weights,
+    for pieces that cut rows and 4-bit blocks anywhere, and for the course's model in NF4 with LoRA."""
+    from peft import prepare_model_for_kbit_training
+    from course_utils import runtime
+    model = tiny_lora_model(task[1], seed=7)
+    w = model.base_model.model.model.layers[0].mlp.up_proj.weight
+    w.data = w.data.t().contiguous().t()  # the same values, stored column-major
+    assert not w.is_contiguous()
+    half = tiny_lora_model(task[1], seed=7).unload().to(torch.bfloat16)
+    qlora, _ = runtime.load_model(runtime.choose_profile("offline"), four_bit=True)
+    qlora = training.add_peft_lora(prepare_model_for_kbit_training(qlora, use_gradient_checkpointing=False), r=4)
+    assert any(type(p).__name__ == "Params4bit" for p in qlora.parameters())
+    for m, sizes in ((model, (1, 100)), (half, (1, 100)), (qlora, (100, 4096))):  # 1: one value a piece
+        expected = whole_tensor_checksum(m)
+        assert evaluation.weights_checksum(m) == expected
+        for chunk_bytes in sizes:
+            assert evaluation.weights_checksum(m, chunk_bytes=chunk_bytes) == expected, (type(m), chunk_bytes)
+
+
+def test_weights_checksum_makes_no_copy_of_a_whole_tensor():
+    """A 64 MB bf16 weight: hashed whole, it took a 128 MB fp32 copy and 128 MB of bytes at once; in pieces of
+    4 MB the process's peak resident memory (VmHWM, reset through /proc/self/clear_refs) must grow by far less
+    than one fp32 copy, and Python must trace almost no allocation (the bytes copies were Python objects)."""
+    import re
+    import tracemalloc
+
+    def peak_kb():
+        return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+    big = torch.nn.Linear(8192, 4096, bias=False).to(torch.bfloat16)  # 33.5 M values: 64 MB in bf16
+    big.weight.data.fill_(0.5)  # every page touched, so it is resident before the measurement
+    evaluation.weights_checksum(torch.nn.Linear(2, 2))  # whatever the first call loads, loaded before it
+    try:
+        open("/proc/self/clear_refs", "w").write("5")  # resets the peak to what is resident now
+    except OSError:
+        pytest.skip("this kernel can't reset the peak resident size")
+    before = peak_kb()
+    tracemalloc.start()
+    digest = evaluation.weights_checksum(big)
+    traced_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    extra_mb = (peak_kb() - before) / 1024
+    fp32_copy_mb = big.weight.numel() * 4 / 2**20
+    assert extra_mb < fp32_copy_mb / 4, (extra_mb, fp32_copy_mb)
+    assert traced_peak < 2**20, traced_peak
+    assert digest == whole_tensor_checksum(big)
 
 
 def test_folder_mb_counts_every_file_below(tmp_path):

@@ -18,8 +18,8 @@ from course_utils.architecture import empty_model, random_model
 from course_utils.configs import known_names, load_config
 from course_utils.footprint import measure_training_step, model_bytes
 from course_utils.lora import lora_params
-from course_utils.memory import (GPUS, PRECISIONS, activation_bytes, optimizer_bytes, suggested_settings,
-                                 training_memory, weight_breakdown, weight_bytes)
+from course_utils.memory import (COPIES_PART, GPUS, PRECISIONS, activation_bytes, optimizer_bytes, preset_memory,
+                                 suggested_settings, training_memory, weight_breakdown, weight_bytes)
 from course_utils.params import LINEAR_KINDS, count_params, linear_shapes
 from course_utils.quantization import nf4_bits_per_param
 
@@ -209,13 +209,38 @@ def test_checkpointing_keeps_one_input_per_layer():
     assert with_gc["one recomputed layer"] * config.num_hidden_layers == without["decoder layers"]
 
 
-def test_t4_preset_for_the_8b_fits_under_14_7_gb():
-    # The preset of notebook 06: Llama 3.1 8B in NF4, LoRA r=32 on q, k, v, o, fp16 compute on a T4.
-    estimate = training_memory(load_config("llama-3.1-8b"), "qlora", rank=32,
-                               targets=["q_proj", "k_proj", "v_proj", "o_proj"], batch_size=1, seq_len=1024,
-                               gradient_checkpointing=True, optimizer="adamw", compute_dtype="fp16")
-    assert estimate.total < 14.7e9 and estimate.fits("T4") and estimate.suggestion("T4") == ""
-    assert "T4" in estimate.verdict()
+def test_t4_preset_for_the_8b_is_about_10_gb_and_fits():
+    # The preset of notebook 06: Llama 3.1 8B in NF4 after prepare_model_for_kbit_training, LoRA r=32 on q, k, v, o
+    # (dropout 0.1), batch 4 x 96 tokens, checkpointing, paged 8-bit AdamW, fp16 autocast on a T4.
+    from course_utils.training import PRESETS
+    config = load_config("llama-3.1-8b")
+    estimate = preset_memory(config, PRESETS["t4"])
+    assert estimate.settings["prepared"] and estimate.settings["lora_dropout"] == 0.1
+    assert 9.9e9 < estimate.total < 10.2e9 and estimate.fits("T4") and estimate.suggestion("T4") == ""
+    assert "About 10.1 GB" in estimate.verdict() and "T4" in estimate.verdict()
+    # lm_head (fp32 once prepared) copied to fp16 for the backward pass: 128,256 x 4,096 x 2 bytes
+    assert estimate.copy_parts["lm_head (16-bit copy)"] == 128_256 * 4_096 * 2 == 1_050_673_152
+    assert estimate.parts()[COPIES_PART] == estimate.autocast_copies == sum(estimate.copy_parts.values())
+    # the checkpointed layer inputs are fp32 (the residual stream of a prepared model): 32 x 384 tokens x 4096 x 4
+    assert estimate.activation_parts["layer inputs (checkpoints)"] == 32 * 4 * 96 * 4096 * 4
+    plain = preset_memory(config, PRESETS["t4"], prepared=False)  # a 16-bit model without autocast's copies
+    assert COPIES_PART not in plain.parts() and estimate.total - plain.total > 3.2e9
+
+
+def test_prepared_applies_to_qlora_only():
+    config = load_config("course-llama")
+    with pytest.raises(ValueError, match="qlora"):
+        training_memory(config, "lora", prepared=True)
+    assert training_memory(config, "qlora").parts().keys() == training_memory(config, "lora").parts().keys()
+
+
+def test_lora_dropout_adds_one_mask_byte_per_adapter_input():
+    config = load_config("llama-3.1-8b")
+    kw = dict(rank=8, targets=["q_proj", "v_proj"], batch_size=1, seq_len=64, gradient_checkpointing=False)
+    for prepared in (False, True):
+        without = training_memory(config, "qlora", prepared=prepared, **kw).activations
+        with_dropout = training_memory(config, "qlora", prepared=prepared, lora_dropout=0.1, **kw).activations
+        assert with_dropout - without == 32 * 64 * 2 * config.hidden_size  # layers x tokens x targets x d
 
 
 def test_full_fine_tuning_of_the_8b_fits_no_listed_gpu_and_the_suggestion_fits():

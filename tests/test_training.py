@@ -186,7 +186,9 @@ def test_presets_and_the_t4_memory_estimate():
     model = empty_model(llama8b)
     unquantized = sum(p.numel() for n, p in model.named_parameters() if not n.endswith(memory_linear_suffixes()))
     assert est.weights - plain.weights == 2 * unquantized
-    assert est.total - plain.total == 2 * unquantized
+    # under fp16 autocast, F.linear keeps a 16-bit copy of the fp32 lm_head for the backward pass (1.05 GB)
+    assert est.copy_parts["lm_head (16-bit copy)"] == 2 * llama8b.vocab_size * llama8b.hidden_size
+    assert 9.9e9 < est.total < 10.2e9
     assert est.trainable_params == 27_262_976  # PEFT's count for r=32 on q,k,v,o (tests/test_lora.py)
     no_ckpt = memory.preset_memory(llama8b, replace(t4, gradient_checkpointing=False, batch_size=16))
     assert no_ckpt.activations > 4 * est.activations and not no_ckpt.fits("T4")
