@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -33,17 +35,29 @@ def _config_file(name: str) -> Path:
 def load_config(name: str) -> LlamaConfig:
     """A `LlamaConfig` from a course name ("llama-3.1-8b"), a local folder or a Hub id.
 
-    Course names never touch the network. A folder or a Hub id goes through `AutoConfig`,
-    so the same call serves the online profiles.
+    Course names never touch the network, and ignore case and surrounding spaces. A folder or a Hub id goes
+    through `AutoConfig`, so the same call serves the online profiles.
     """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"load_config needs a model name as a string, not {name!r} ({type(name).__name__}); "
+                        f"the course's names are {', '.join(MODELS)}.")
+    name = str(name).strip()
     key = name.lower()
     if key in MODELS:
         return LlamaConfig(**json.loads(_config_file(key).read_text()))
     for short, hub_id in MODELS.items():  # a Hub id whose config ships here: no download needed
         if hub_id is not None and hub_id.lower() == key:
             return load_config(short)
-    if Path(name).is_dir():
-        return _as_llama(AutoConfig.from_pretrained(name), name)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"The folder {name} has no config.json; a model folder needs one "
+                                    "(save_pretrained writes it).")
+        return _as_llama(AutoConfig.from_pretrained(folder), name)
+    if _looks_like_a_path(name):
+        where = "" if folder.is_absolute() else f" (looked for {folder.resolve()})"
+        raise FileNotFoundError(f"The folder {name} does not exist{where}; check the path, "
+                                "or give a course name or a Hub id.")
     if "/" in name:
         try:
             config = AutoConfig.from_pretrained(name)
@@ -53,7 +67,18 @@ def load_config(name: str) -> LlamaConfig:
                 f"Check the id, your network and your token, or use a shipped name: {', '.join(MODELS)}."
             ) from None
         return _as_llama(config, name)
-    raise ValueError(f"Unknown model {name!r}. Known names: {', '.join(MODELS)}; or give a Hub id or a local folder.")
+    close = difflib.get_close_matches(key, known_names(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"Unknown model {name!r}.{hint} Known names: {', '.join(MODELS)}; "
+                     "or give a Hub id or a local folder.")
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A folder rather than a Hub id ("owner/model"): starts with ".", "/" or "~", has a backslash or more than
+    one "/", or its first part exists here."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    return "/" in name and Path(name.split("/")[0]).exists()
 
 
 def _as_llama(config, name: str) -> LlamaConfig:

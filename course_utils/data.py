@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from course_utils.runtime import assets_dir
+from course_utils.runtime import assets_dir, assets_env_problem
 
 # ----------------------------------------------------------------------------------------------------------
 # The task: slot values, request templates, the record format
@@ -239,9 +239,25 @@ def load_split(split: str, folder: str | Path | None = None, limit: int | None =
     """The examples of one split ("train", "validation", "test") from the shipped JSONL files."""
     path = Path(folder or dataset_dir()) / f"{split}.jsonl"
     if not path.exists():
+        if folder is None and assets_env_problem():  # $COURSE_ASSETS names a folder that isn't there
+            raise FileNotFoundError(assets_env_problem())
         raise FileNotFoundError(f"{path} is missing; run `python scripts/make_dataset.py` to generate the dataset.")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path)
     return rows[:limit] if limit is not None else rows
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSONL file, one a line (blank lines skipped); a bad line is named by file and number."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}, is not valid JSON ({err.msg} at column {err.colno}); fix or "
+                             "delete that line, or rebuild the dataset with `python scripts/make_dataset.py`.") from None
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -71,6 +71,21 @@ def check_dropout(p) -> None:
                          f"for example 0.05 (you gave {p!r}).")
 
 
+def check_rank_fits(r: int, n_in: int, n_out: int, name: str) -> None:
+    """Raise a clear error when the rank is not below the layer's smaller side: then B A is no low-rank update."""
+    if r >= min(n_in, n_out):
+        raise ValueError(f"rank {r} >= min(in, out) = {min(n_in, n_out)} of {name}: a low-rank adapter must be smaller "
+                         f"than the layer; pick r < {min(n_in, n_out)}.")
+
+
+def _check_rank_fits_modules(model: nn.Module, names: list[str], r: int) -> None:
+    """`check_rank_fits` for the named Linear layers of `model`: the smallest one decides."""
+    layers = {module_kind(n): model.get_submodule(n) for n in names}
+    if layers:
+        kind = min(layers, key=lambda k: min(layers[k].in_features, layers[k].out_features))
+        check_rank_fits(r, layers[kind].in_features, layers[kind].out_features, kind)
+
+
 def target_kinds(target_modules: str | Iterable[str]) -> list[str]:
     """The Llama target kinds named by `target_modules` ("all-linear", one name, or names from
     params.LINEAR_KINDS), in model order; a clear error for anything else."""
@@ -104,12 +119,21 @@ def lora_params_per_layer(config: LlamaConfig, r: int, kind: str) -> int:
     """Trainable numbers of one adapter on one module: A is r x in, B is out x r, so r * (in + out)."""
     check_rank_alpha(r, 1)
     n_in, n_out = linear_shape(config, kind)
+    check_rank_fits(r, n_in, n_out, kind)
     return r * (n_in + n_out)
+
+
+def _check_rank_fits_kinds(config: LlamaConfig, r: int, kinds: list[str]) -> None:
+    """`check_rank_fits` for target kinds of a config: the smallest one decides."""
+    check_rank_alpha(r, 1)
+    kind = min(kinds, key=lambda k: min(linear_shape(config, k)))
+    check_rank_fits(r, *linear_shape(config, kind), kind)
 
 
 def lora_params(config: LlamaConfig, r: int, target_modules: str | Iterable[str]) -> int:
     """Trainable parameters of LoRA with rank `r` on `target_modules` in every decoder layer: sum of r * (in + out)."""
     kinds = target_kinds(target_modules)
+    _check_rank_fits_kinds(config, r, kinds)
     return config.num_hidden_layers * sum(lora_params_per_layer(config, r, k) for k in kinds)
 
 
@@ -118,7 +142,9 @@ def lora_shapes(config: LlamaConfig, r: int, target_modules: str | Iterable[str]
     Their sizes add up to `lora_params`; the memory estimates need them one by one (per-tensor optimizer state)."""
     check_rank_alpha(r, 1)
     shapes = []
-    for kind in target_kinds(target_modules):
+    kinds = target_kinds(target_modules)
+    _check_rank_fits_kinds(config, r, kinds)
+    for kind in kinds:
         n_in, n_out = linear_shape(config, kind)
         shapes += [(r, n_in), (n_out, r)] * config.num_hidden_layers
     return shapes
@@ -154,6 +180,7 @@ class LoRALinear(nn.Module):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, not a {type(base).__name__}.")
         check_rank_alpha(r, alpha)
+        check_rank_fits(r, base.in_features, base.out_features, f"nn.Linear({base.in_features}, {base.out_features})")
         check_dropout(dropout)
         self.base = base
         for p in base.parameters():
@@ -273,6 +300,7 @@ def add_lora_layers(model: nn.Module, target_modules: str | Iterable[str], r: in
     check_rank_alpha(r, alpha)
     check_dropout(dropout)
     names = resolve_targets(model, target_modules)
+    _check_rank_fits_modules(model, names, r)  # before any layer is swapped
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
@@ -297,7 +325,7 @@ def lora_config(model: nn.Module, r: int, lora_alpha: float, target_modules: str
     from peft import LoraConfig
     check_rank_alpha(r, lora_alpha)
     check_dropout(lora_dropout)
-    resolve_targets(model, target_modules)
+    _check_rank_fits_modules(model, resolve_targets(model, target_modules), r)
     if not isinstance(target_modules, str):
         target_modules = list(target_modules)
     return LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=target_modules, lora_dropout=lora_dropout, **kwargs)
@@ -332,9 +360,9 @@ def get_lora_model(model: nn.Module, config):
     targets = config.target_modules
     if isinstance(targets, str):  # "all-linear", or a pattern that must match a module's whole name
         if targets.lower() == ALL_LINEAR or targets in modules_by_kind(model, nn.Linear):
-            resolve_targets(model, targets)
-    elif targets is not None:
-        resolve_targets(model, sorted(targets))  # PEFT silently skips a misspelt name when another one matches
+            _check_rank_fits_modules(model, resolve_targets(model, targets), config.r)
+    elif targets is not None:  # PEFT silently skips a misspelt name when another one matches, and takes any rank
+        _check_rank_fits_modules(model, resolve_targets(model, sorted(targets)), config.r)
     on_meta = any(p.is_meta for p in model.parameters())
     try:
         return get_peft_model(model, config, low_cpu_mem_usage=on_meta)

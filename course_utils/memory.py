@@ -78,8 +78,8 @@ def weight_breakdown(config: LlamaConfig, precision: str = "bf16", double_quant:
 
     `unquantized` is the dtype of the modules int8 and nf4 leave alone (embeddings, norms, lm_head, biases).
     """
-    precision = _check_choice(precision, PRECISIONS, "precision")
-    _check_choice(unquantized, tuple(FLOAT_BYTES), "unquantized")
+    precision = check_choice(precision, PRECISIONS, "precision")
+    unquantized = check_choice(unquantized, tuple(FLOAT_BYTES), "unquantized")
     b = param_breakdown(config)
     if precision in FLOAT_BYTES:
         return {"parameters": b.total * FLOAT_BYTES[precision], "rotary buffers (fp32)": rotary_buffer_bytes(config)}
@@ -114,7 +114,7 @@ def optimizer_bytes(tensor_sizes: list[int], optimizer: str = "adamw", state_byt
     8-bit AdamW (bitsandbytes) keeps 1 byte per moment plus one float32 absmax per 256 values, and two
     256-entry float32 code tables shared by all tensors; tensors under 4096 values keep 32-bit moments.
     """
-    optimizer = _check_choice(optimizer, OPTIMIZERS, "optimizer")
+    optimizer = check_choice(optimizer, OPTIMIZERS, "optimizer")
     total = 0
     if optimizer != "adamw" and any(n >= BNB_8BIT_MIN_SIZE for n in tensor_sizes):
         total += 2 * 4 * 256  # the two float32 code tables, shared by all tensors of the optimizer
@@ -154,7 +154,7 @@ def activation_bytes(config: LlamaConfig, batch_size: int, seq_len: int, method:
     While the backward pass starts, the logits (a V, held by the model's output) and one float32 gradient of
     them (4 V) are alive too; QLoRA also dequantizes one weight matrix at a time to the compute dtype.
     """
-    method = _check_choice(method, METHODS, "method")
+    method = check_choice(method, METHODS, "method")
     if prepared and method != "qlora":
         raise ValueError("prepared=True describes QLoRA after prepare_model_for_kbit_training: use method='qlora'.")
     tokens = batch_size * seq_len
@@ -238,8 +238,8 @@ class TrainingMemory:
         return out
 
     def fits(self, gpu: str, headroom: float = HEADROOM) -> bool:
-        """Whether the total fits in the GPU's memory, keeping `headroom` of it free."""
-        return self.total <= GPUS[gpu] * 1e9 * (1 - headroom)
+        """Whether the total fits in the GPU's memory ("T4", any case), keeping `headroom` of it free."""
+        return self.total <= GPUS[check_choice(gpu, tuple(GPUS), "GPU")] * 1e9 * (1 - headroom)
 
     def fitting_gpus(self) -> list[str]:
         return [g for g in GPUS if self.fits(g)]
@@ -270,9 +270,9 @@ def training_memory(config: LlamaConfig, method: str = "qlora", rank: int = 16, 
     under autocast to `compute_dtype`, so embeddings, norms and lm_head are fp32, the residual stream is fp32,
     and autocast's 16-bit copies of lm_head and the adapters count ("16-bit copies (autocast)").
     """
-    method = _check_choice(method, METHODS, "method")
-    _check_choice(compute_dtype, tuple(FLOAT_BYTES), "compute_dtype")
-    _check_choice(adapter_dtype, tuple(FLOAT_BYTES), "adapter_dtype")
+    method = check_choice(method, METHODS, "method")
+    compute_dtype = check_choice(compute_dtype, tuple(FLOAT_BYTES), "compute_dtype")
+    adapter_dtype = check_choice(adapter_dtype, tuple(FLOAT_BYTES), "adapter_dtype")
     for name, value in (("rank", rank), ("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
@@ -318,12 +318,10 @@ def suggested_settings(estimate: TrainingMemory, gpu: str = "T4") -> tuple[list[
     Returns (the changes in words, the `training_memory` keyword arguments that fit), ([], the current
     settings) when it already fits, or None when even the whole ladder does not fit.
     """
-    if gpu not in GPUS:
-        raise ValueError(f"Unknown GPU {gpu!r}; choose one of {', '.join(GPUS)}.")
     s, config = dict(estimate.settings), estimate.config
     if config is None:
         raise ValueError("This estimate has no config; make it with training_memory(config, ...).")
-    if estimate.fits(gpu):
+    if estimate.fits(gpu):  # fits() reads the GPU's name in any case, or says which GPUs there are
         return [], s
     ladder = []  # the biggest levers first
     if not s["gradient_checkpointing"]:
@@ -365,6 +363,7 @@ def suggested_settings(estimate: TrainingMemory, gpu: str = "T4") -> tuple[list[
 
 def suggest(estimate: TrainingMemory, gpu: str = "T4") -> str:
     """A sentence saying what to change so that the estimate fits `gpu` ("" when it already fits)."""
+    gpu = check_choice(gpu, tuple(GPUS), "GPU")
     found = suggested_settings(estimate, gpu)
     if found is None:
         return (f"It does not fit on the {gpu} even with gradient checkpointing, QLoRA, batch size 1 and shorter "
@@ -378,10 +377,12 @@ def suggest(estimate: TrainingMemory, gpu: str = "T4") -> str:
 
 # ------------------------------------------------------------------------------------------------ checks
 
-def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise ValueError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
-    return value.lower()
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    """The choice `value` names, in any case and with spaces around ("BF16", "t4"); else a clear error."""
+    for choice in choices:
+        if isinstance(value, str) and value.strip().lower() == choice.lower():
+            return choice
+    raise ValueError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
 
 
 def preset_memory(config: LlamaConfig, train_config, rank: int = COURSE_RANK,
@@ -392,9 +393,8 @@ def preset_memory(config: LlamaConfig, train_config, rank: int = COURSE_RANK,
     dtype, LoRA targets (unless `targets` is given) and dropout, and `prepared` (notebook 06 and
     benchmarks/train_gpu.py run `prepare_model_for_kbit_training`, then train under autocast).
     """
-    compute = "bf16" if train_config.mixed_precision == "bf16" else "fp16"
     return training_memory(
         config, "qlora", rank=rank, targets=train_config.lora_targets if targets is None else targets,
-        batch_size=train_config.batch_size, seq_len=train_config.max_length,
-        gradient_checkpointing=train_config.gradient_checkpointing, compute_dtype=compute,
-        optimizer=train_config.optimizer, prepared=prepared, lora_dropout=train_config.lora_dropout)
+        batch_size=train_config.batch_size, seq_len=train_config.max_length, optimizer=train_config.optimizer,
+        gradient_checkpointing=train_config.gradient_checkpointing, lora_dropout=train_config.lora_dropout,
+        compute_dtype="bf16" if train_config.mixed_precision == "bf16" else "fp16", prepared=prepared)

@@ -12,6 +12,7 @@ variable, overrides the choice. A choice the runtime cannot serve falls back wit
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import urllib.request
@@ -81,6 +82,14 @@ def detect_gpu() -> GPU | None:
     return GPU(props.name, props.total_memory / 1e9, (props.major, props.minor))
 
 
+def free_bytes(device: str) -> int:
+    """Memory free for one more model on `device`: the GPU's free bytes on "cuda", the host's available RAM else."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info()[0]
+    import psutil  # installed with accelerate
+    return psutil.virtual_memory().available
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
     """True when the Hugging Face Hub answers; False at once when HF_HUB_OFFLINE is set."""
     if _network_failed or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
@@ -138,7 +147,10 @@ def display_path(path: str) -> str:
     folder = Path(path)
     if not folder.is_absolute():
         return path
-    for root, shown in ((repo_root().resolve(), ""), (Path.home().resolve(), "~/")):
+    roots = [(repo_root().resolve(), ""), (Path.home().resolve(), "~/")]
+    if os.environ.get("COURSE_CHECKPOINT_ROOT"):  # the runs folder the notebook runner (or a user) chose
+        roots.insert(0, (Path(os.environ["COURSE_CHECKPOINT_ROOT"]).resolve(), "$COURSE_CHECKPOINT_ROOT/"))
+    for root, shown in roots:
         try:
             return shown + str(folder.resolve().relative_to(root))
         except ValueError:
@@ -149,12 +161,21 @@ def display_path(path: str) -> str:
 def assets_dir() -> Path:
     """The repo's `assets/` folder: $COURSE_ASSETS, next to the package, or above the working directory."""
     if os.environ.get("COURSE_ASSETS"):
-        return Path(os.environ["COURSE_ASSETS"])
+        return Path(os.environ["COURSE_ASSETS"]).expanduser()
     candidates = [Path(__file__).resolve().parent.parent, *Path.cwd().resolve().parents, Path.cwd().resolve()]
     for root in candidates:
         if (root / "assets").is_dir() and (root / "notebooks").is_dir():
             return root / "assets"
     return Path.cwd() / "assets"
+
+
+def assets_env_problem() -> str | None:
+    """The sentence for $COURSE_ASSETS naming a folder that does not exist, or None when it is unset or exists."""
+    value = os.environ.get("COURSE_ASSETS")
+    if value and not Path(value).expanduser().is_dir():
+        return (f"COURSE_ASSETS points at {value}, a folder that does not exist: unset it "
+                "(`del os.environ['COURSE_ASSETS']`) or point it at the repo's assets/ folder.")
+    return None
 
 
 def compute_dtype_for(gpu: GPU | None, wanted: torch.dtype | None = None) -> tuple[torch.dtype, str]:
@@ -206,12 +227,16 @@ def _gpu(env: Environment, reason: str) -> Profile:
 
 def choose_profile(requested: str = "auto", env: Environment | None = None) -> Profile:
     """Pick a profile from what the runtime has. `requested` (the notebook's PROFILE) beats $COURSE_PROFILE."""
-    requested = (requested or "auto").lower()
-    asked = "you asked for it"
-    if requested == "auto" and os.environ.get(PROFILE_ENV, "auto").lower() not in ("", "auto"):
-        requested, asked = os.environ[PROFILE_ENV].lower(), f"{PROFILE_ENV}={os.environ[PROFILE_ENV]} asked for it"
+    requested = str(requested or "auto").strip().lower()  # " Offline " reads as "offline"
+    asked, source = "you asked for it", ""
+    from_env = os.environ.get(PROFILE_ENV, "").strip().lower()
+    if requested == "auto" and from_env not in ("", "auto"):
+        requested, asked, source = from_env, f"{PROFILE_ENV}={from_env} asked for it", f" (from ${PROFILE_ENV})"
     if requested not in ("auto", *PROFILES):
-        print(f"Unknown profile {requested!r}; the profiles are {', '.join(PROFILES)} or 'auto'. Choosing automatically.")
+        close = difflib.get_close_matches(requested, PROFILES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"Unknown profile {requested!r}{source}; the profiles are {', '.join(PROFILES)} or 'auto'.{hint} "
+              "Choosing automatically.")
         requested = "auto"
     if requested == "offline":
         return _offline(f"{asked}: the course's own model and data, no GPU or Hub needed.")
@@ -293,7 +318,8 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
         print(f"Loading without 4-bit: {problem}.")
         four_bit = False
     if profile.name == "offline" and not Path(profile.model_id).is_dir():
-        raise FileNotFoundError(f"The course's small model is missing from {display_path(profile.model_id)}. "
+        raise FileNotFoundError(assets_env_problem() or
+                                f"The course's small model is missing from {display_path(profile.model_id)}. "
                                 "Run `python scripts/pretrain_course_model.py` from the repo's root to rebuild it.")
     if profile.model_id == str(real_model.cache_folder()):
         try:
@@ -309,6 +335,11 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
     else:
         kwargs.update(dtype=dtype or (profile.compute_dtype if profile.device == "cuda" else torch.float32))
     try:
+        if _local_folder(profile.model_id) and not any((Path(profile.model_id) / f).is_file()
+                                                       for f in ("tokenizer.json", "tokenizer.model")):
+            rebuild = (" Run `python scripts/pretrain_course_model.py` from the repo's root to rebuild the course's model."
+                       if profile.name == "offline" else "")
+            raise FileNotFoundError(f"The model folder {display_path(profile.model_id)} has no tokenizer.json.{rebuild}")
         tokenizer = AutoTokenizer.from_pretrained(profile.model_id)
         model = AutoModelForCausalLM.from_pretrained(profile.model_id, **kwargs)
     except Exception as err:  # no network, no token, a gated repo: say so and carry on

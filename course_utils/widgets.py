@@ -15,7 +15,7 @@ import html
 import matplotlib.pyplot as plt
 
 from course_utils.configs import known_names, load_config
-from course_utils.memory import GPUS, HEADROOM, METHODS, OPTIMIZERS, TrainingMemory, training_memory
+from course_utils.memory import GPUS, HEADROOM, METHODS, OPTIMIZERS, TrainingMemory, check_choice, training_memory
 from course_utils.params import LINEAR_KINDS
 from course_utils.plots import draw_memory_bars
 
@@ -35,6 +35,12 @@ class MemoryCalculator:
                  gradient_checkpointing: bool = True, optimizer: str = "adamw", gpu: str = "T4"):
         import ipywidgets as w
 
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive whole number such as 16, not {rank!r} ({type(rank).__name__}).")
+        ranks = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, rank})  # any rank asked for joins the dropdown
+        model = check_choice(model, tuple(known_names()), "model")  # in any case: "Llama-3.1-8B", "BF16", "t4"
+        precision = check_choice(precision, ("bf16", "fp16"), "precision")
+        gpu = check_choice(gpu, tuple(GPUS), "GPU")
         style = {"description_width": "130px"}
         self.widgets = {
             "model": w.Dropdown(options=[n for n in known_names()], value=model, description="model", style=style),
@@ -42,8 +48,7 @@ class MemoryCalculator:
                                  description="method", style=style),
             "precision": w.Dropdown(options=["bf16", "fp16"], value=precision, description="compute precision",
                                     style=style),
-            "rank": w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64, 128, 256], value=rank, description="LoRA rank r",
-                               style=style),
+            "rank": w.Dropdown(options=ranks, value=rank, description="LoRA rank r", style=style),
             "targets": w.SelectMultiple(options=list(LINEAR_KINDS), value=tuple(targets), rows=7,
                                         description="LoRA targets", style=style),
             "batch_size": w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64], value=batch_size, description="batch size",
@@ -81,7 +86,12 @@ class MemoryCalculator:
         if lora and not self.widgets["targets"].value:
             self.verdict_box.value = "<b>Pick at least one LoRA target module</b> (Ctrl or Cmd + click picks several)."
             return
-        self.estimate = training_memory(load_config(name), **self.settings())
+        try:
+            self.estimate = training_memory(load_config(name), **self.settings())
+        except ValueError as err:  # a rank too big for the model's layers: say so instead of a traceback
+            self.estimate, self.verdict, self.suggestion = None, str(err), ""
+            self.verdict_box.value = f"<b style='color:#cb181d'>{html.escape(self.verdict)}</b>"
+            return
         self.verdict = self.estimate.verdict()
         self.suggestion = self.estimate.suggestion(gpu)
         if self.figure is not None:

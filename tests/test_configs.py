@@ -58,3 +58,31 @@ def test_shipped_configs_equal_the_published_ones():
         published = json.loads((REFERENCE / f"{hub_id.split('/')[1]}.json").read_text())
         shipped = json.loads((Path(load_config.__code__.co_filename).parent / "model_configs" / f"{short}.json").read_text())
         assert shipped == published, short
+
+
+def test_names_ignore_surrounding_spaces_and_an_unknown_name_gets_the_closest():
+    assert load_config(" Llama-3.1-8B ").hidden_size == 4096
+    with pytest.raises(ValueError, match="Unknown model 'llama-3.1-9b'. Did you mean 'llama-3.1-8b'?"):
+        load_config("llama-3.1-9b")
+
+
+def test_none_is_a_sentence_that_lists_the_names():
+    with pytest.raises(TypeError, match="needs a model name as a string, not None") as err:
+        load_config(None)
+    assert all(name in str(err.value) for name in MODELS)
+
+
+@pytest.mark.parametrize("path", ["./my-model", "~/no-such-model-here", "models/llama", "/no/such/folder"])
+def test_a_missing_folder_says_so_instead_of_asking_the_hub(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()  # "models/llama": the first part exists, so it is a path, not a Hub id
+    with pytest.raises(FileNotFoundError, match=f"The folder {path} does not exist") as err:
+        load_config(path)
+    assert "Hub" not in str(err.value).split(";")[0]
+
+
+def test_a_folder_without_config_json_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json; a model folder needs one"):
+        load_config(str(tmp_path))
+    load_config("smollm2-135m").save_pretrained(tmp_path)
+    assert load_config(tmp_path).hidden_size == 576  # a Path works too

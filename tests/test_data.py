@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -201,3 +202,18 @@ def test_shipped_dataset_matches_the_generator():
     splits = data.make_dataset()
     for split, rows in splits.items():
         assert data.load_split(split) == rows, f"assets/dataset/{split}.jsonl differs from make_dataset()"
+
+
+def test_a_malformed_jsonl_line_is_named_by_file_and_number(tmp_path):
+    good = json.dumps(data.make_dataset(seed=1, sizes={"train": 1})["train"][0])
+    (tmp_path / "train.jsonl").write_text(f"{good}\n\n{{\"request\": \"cut off\n{good}\n")
+    with pytest.raises(ValueError, match=r"train.jsonl, line 3, is not valid JSON \(.*\); fix or delete that line"):
+        data.load_split("train", tmp_path)
+    (tmp_path / "train.jsonl").write_text(f"{good}\n\n{good}\n")
+    assert len(data.load_split("train", tmp_path)) == 2
+
+
+def test_course_assets_pointing_at_a_missing_folder_is_named_when_loading_a_split(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_ASSETS", str(tmp_path / "not-here"))
+    with pytest.raises(FileNotFoundError, match="COURSE_ASSETS points at .*not-here, a folder that does not exist"):
+        data.load_split("train")

@@ -86,3 +86,59 @@ def test_mlp_params(capsys):
 def test_a_non_number_is_wrong_not_an_error(capsys, checker):
     ok, out = verdict(capsys, checker, "thirty-two")
     assert ok is False and out.startswith("❌"), out
+
+
+def _checkers():
+    """Every checker of notebooks 01 to 06, each taking one answer."""
+    from course_utils.exercises import nb02, nb03, nb04, nb05, nb06
+    return {
+        "nb01.check_layers": nb01.check_layers, "nb01.check_kv_heads_share": nb01.check_kv_heads_share,
+        "nb01.check_k_proj_shape": nb01.check_k_proj_shape, "nb01.check_mlp_params": nb01.check_mlp_params,
+        "nb02.check_layer_params": nb02.check_layer_params, "nb02.check_nf4_gb": nb02.check_nf4_gb,
+        "nb02.check_lora_params": nb02.check_lora_params, "nb03.check_down_proj_count": nb03.check_down_proj_count,
+        "nb03.check_break_even_rank": nb03.check_break_even_rank, "nb03.check_lora_forward": nb03.check_lora_forward,
+        "nb04.check_70b_all_linear": nb04.check_70b_all_linear, "nb04.check_mlp_targets": nb04.check_mlp_targets,
+        "nb04.check_adapter_megabytes": nb04.check_adapter_megabytes, "nb05.check_int8_block": nb05.check_int8_block,
+        "nb05.check_nf4_index": nb05.check_nf4_index,
+        "nb05.check_70b_nf4_bytes": lambda answer: nb05.check_70b_nf4_bytes(answer, answer),
+        "nb06.check_trainable": nb06.check_trainable, "nb06.check_label_mask": nb06.check_label_mask,
+        "nb06.check_effective_batch": nb06.check_effective_batch, "nb06.check_lora_params_8b": nb06.check_lora_params_8b,
+    }
+
+
+# Answers of types that some checker does not expect (an int is the wrong type for a list or a function).
+ODD_ANSWERS = {"a string": "abc", "a float": 2.5, "a tensor": torch.tensor([1.0, 2.0]), "a list": [[1], "x"],
+               "a dict": {"a": 1}, "a bool": True, "an int": 7}
+
+
+@pytest.mark.parametrize("kind", ODD_ANSWERS)
+@pytest.mark.parametrize("name", list(_checkers()))
+def test_an_answer_of_the_wrong_type_gets_a_sentence_never_a_traceback(capsys, name, kind):
+    ok, out = verdict(capsys, _checkers()[name], ODD_ANSWERS[kind])
+    assert ok is False and out.startswith("❌ Not yet."), out
+
+
+@pytest.mark.parametrize("answer, words", [("abc", "Expected a whole number, got 'abc' (str)."),
+                                           (2.5, "Expected a whole number, got 2.5 (float)."),
+                                           (torch.tensor([32, 32]), "got tensor([32, 32]) (Tensor)"),
+                                           ([32], "got [32] (list)"), (True, "got True (bool)")])
+def test_the_sentence_names_what_was_expected_and_what_came(capsys, answer, words):
+    ok, out = verdict(capsys, nb01.check_layers, answer)
+    assert ok is False and words in out, out
+
+
+def test_other_shapes_of_the_right_answer_count(capsys):
+    import numpy as np
+
+    from course_utils.exercises import nb04, nb05, nb06
+    assert_right(capsys, nb01.check_layers, torch.tensor(32))
+    assert_right(capsys, nb01.check_layers, np.int64(32))
+    assert_right(capsys, nb01.check_layers, 32.0)
+    assert_right(capsys, nb01.check_k_proj_shape, torch.Size([1024, 8192]))
+    assert_right(capsys, nb01.check_k_proj_shape, torch.tensor([1024, 8192]))
+    assert_right(capsys, nb04.check_mlp_targets, ("gate_proj", "up_proj", "down_proj"))
+    block = torch.tensor(nb05.BLOCK)
+    assert_right(capsys, nb05.check_int8_block, torch.round(127 * block / block.abs().max()).int())
+    assert_right(capsys, nb06.check_label_mask, lambda p, a, e: torch.tensor([-100] * len(p) + a + [e]))
+    assert "Expected a list or set of module names (strings), got 5 (int)." in verdict(capsys, nb04.check_mlp_targets, 5)[1]
+    assert "should return a list of label ids, not 5 (int)" in verdict(capsys, nb06.check_label_mask, lambda p, a, e: 5)[1]

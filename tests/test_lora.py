@@ -15,8 +15,8 @@ from transformers import LlamaConfig
 from course_utils.architecture import empty_model, modules_by_kind, num_params, random_model
 from course_utils.configs import known_names, load_config
 from course_utils.params import ATTENTION, LINEAR_KINDS, MLP
-from course_utils.lora import (LoRALinear, add_lora_layers, get_lora_model, lora_config, lora_layers, lora_params,
-                               lora_summary, resolve_targets, target_kinds, target_module_table)
+from course_utils.lora import (LoRALinear, add_lora_layers, get_lora_model, linear_shape, lora_config, lora_layers,
+                               lora_params, lora_summary, resolve_targets, target_kinds, target_module_table)
 from course_utils.plots import draw_lora_to_scale  # noqa: E402
 
 TINY = load_config("course-llama")
@@ -70,6 +70,11 @@ target_sets = st.one_of(st.just("all-linear"),
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=llama_configs(), r=st.integers(1, 64), targets=target_sets)
 def test_lora_params_equals_peft_for_random_configs_and_targets(config, r, targets):
+    smallest = min(min(linear_shape(config, k)) for k in target_kinds(targets))
+    if r >= smallest:  # PEFT takes it; the course says it is no low-rank adapter
+        with pytest.raises(ValueError, match=f"rank {r} >= min\\(in, out\\) = {smallest} of "):
+            lora_params(config, r, targets)
+        r = smallest - 1
     expected = peft_trainable(config, r, targets)[0]
     assert lora_params(config, r, targets) == expected
     assert num_params(add_lora_layers(empty_model(config), targets, r, 2 * r), trainable_only=True) == expected
@@ -224,6 +229,30 @@ def test_bad_rank_or_alpha_gets_a_clear_error(r, alpha, error, words):
     for make in makers:
         with pytest.raises(error, match=words):
             make()
+
+
+def test_a_rank_at_or_above_the_layer_size_is_refused_with_a_sentence():
+    """TINY (the course's model): q_proj is 192 -> 384, k_proj 192 -> 192. PEFT would take r = 512 silently."""
+    sentence = r"rank 512 >= min\(in, out\) = 192 of q_proj: a low-rank adapter must be smaller than the layer; pick r < 192"
+    with pytest.raises(ValueError, match=sentence):
+        lora_config(empty_model(TINY), 512, 16, ["q_proj"])
+    with pytest.raises(ValueError, match=sentence):
+        lora_params(TINY, 512, ["q_proj"])
+    with pytest.raises(ValueError, match=r"rank 192 >= min\(in, out\) = 192 of q_proj"):
+        lora_config(empty_model(TINY), 192, 384, "all-linear")
+    with pytest.raises(ValueError, match=r"rank 96 >= min\(in, out\) = 96 of nn.Linear\(192, 96\)"):
+        LoRALinear(torch.nn.Linear(192, 96), r=96, alpha=192)
+    assert LoRALinear(torch.nn.Linear(192, 96), r=95, alpha=190).A.shape == (95, 192)
+    model = random_model(TINY)
+    with pytest.raises(ValueError, match="of q_proj"):
+        add_lora_layers(model, ["q_proj", "k_proj"], r=200, alpha=400)
+    assert not lora_layers(model), "nothing is swapped before the check"
+    with pytest.raises(ValueError, match=r"rank 200 >= min\(in, out\) = 192 of q_proj"):
+        get_lora_model(empty_model(TINY), LoraConfig(r=200, lora_alpha=16, target_modules=["q_proj"]))
+    smol = load_config("smollm2-135m")  # q_proj 576 -> 576, k_proj 576 -> 192: the smallest target is named
+    with pytest.raises(ValueError, match=r"rank 200 >= min\(in, out\) = 192 of k_proj"):
+        lora_params(smol, 200, ["q_proj", "k_proj"])
+    assert lora_params(TINY, 191, ["k_proj"]) == TINY.num_hidden_layers * 191 * (192 + 192)
 
 
 def test_peft_errors_are_said_plainly():

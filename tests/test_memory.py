@@ -275,3 +275,16 @@ def test_exercise_checkers_accept_the_reference_answers():
     assert nb02.check_nf4_gb(weight_bytes(load_config("llama-3.2-3b"), "nf4") / 1e9 * 1.005)  # within 1%
     assert not nb02.check_nf4_gb(weight_bytes(load_config("llama-3.2-3b"), "bf16") / 1e9)
     assert not nb02.check_lora_params(None)
+
+
+def test_precisions_and_gpu_names_are_read_in_any_case():
+    config = load_config("llama-3.1-8b")
+    assert weight_bytes(config, "BF16") == weight_bytes(config, "bf16")
+    assert weight_bytes(config, "NF4", unquantized="FP16") == weight_bytes(config, "nf4", unquantized="fp16")
+    upper = training_memory(config, "qlora", compute_dtype="BF16", adapter_dtype="FP32", optimizer="AdamW")
+    assert upper.total == training_memory(config, "qlora").total
+    full = training_memory(config, "full")
+    assert full.fits("h100 ") == full.fits("H100") and upper.fits("t4") == upper.fits("T4")
+    assert full.suggestion("t4").startswith("To fit on the T4")
+    with pytest.raises(ValueError, match="Unknown GPU 'T5'; choose one of T4, L4, A100 40GB, A100 80GB, H100"):
+        full.fits("T5")

@@ -211,3 +211,60 @@ def test_a_local_folder_stands_in_for_the_8b(monkeypatch):
     assert p.name == "gpu" and p.model_id.endswith("course-llama") and "local model" in p.reason
     monkeypatch.delenv(runtime.GPU_MODEL_ENV)
     assert choose_profile("auto", Environment(colab=False, gpu=T4, hub=False, token=False)).name == "offline"
+
+
+def test_free_bytes_reads_the_gpu_or_the_host(monkeypatch):
+    """Notebook 06 merges into a full-precision base when it fits the free memory of the profile's device (a T4
+    running the cpu profile has room for SmolLM2 in fp16, not for the 8B), not when the device is the CPU."""
+    import psutil
+    from course_utils.configs import load_config
+    from course_utils.memory import weight_bytes
+    monkeypatch.setattr(runtime.torch.cuda, "mem_get_info", lambda: (13_000_000_000, 15_800_000_000))
+    assert runtime.free_bytes("cuda") == 13_000_000_000
+    assert runtime.free_bytes("cpu") == pytest.approx(psutil.virtual_memory().available, rel=0.2)
+    room = runtime.free_bytes("cuda")
+    assert weight_bytes(load_config("smollm2-135m"), "fp16") < 0.8 * room
+    assert weight_bytes(load_config("llama-3.1-8b"), "fp16") > 0.8 * room
+
+
+def test_run_folders_print_without_the_machines_temporary_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_CHECKPOINT_ROOT", str(tmp_path))
+    shown = runtime.display_path(str(tmp_path / "06-offline" / "checkpoints"))
+    assert shown == "$COURSE_CHECKPOINT_ROOT/06-offline/checkpoints" and str(tmp_path) not in shown
+    assert runtime.display_path(str(runtime.repo_root() / "runs" / "x")) == "runs/x"
+
+
+@pytest.mark.parametrize("name", [" offline", "OFFLINE", "Offline ", " cpu ", "GPU"])
+def test_profile_names_ignore_case_and_spaces(name, capsys, monkeypatch):
+    env = Environment(colab=False, gpu=T4, hub=True, token=True)
+    assert choose_profile(name, env).name == name.strip().lower()
+    monkeypatch.setenv(runtime.PROFILE_ENV, name)
+    assert choose_profile("auto", env).name == name.strip().lower()
+    assert "Unknown" not in capsys.readouterr().out
+
+
+def test_an_unknown_profile_suggests_the_closest(capsys, monkeypatch):
+    choose_profile("ofline", Environment(colab=False, gpu=None, hub=False, token=False))
+    out = capsys.readouterr().out
+    assert "Unknown profile 'ofline'" in out and "offline, cpu, gpu" in out and "Did you mean 'offline'?" in out
+    monkeypatch.setenv(runtime.PROFILE_ENV, "gpus")
+    choose_profile("auto", Environment(colab=False, gpu=None, hub=False, token=False))
+    out = capsys.readouterr().out
+    assert "(from $COURSE_PROFILE)" in out and "Did you mean 'gpu'?" in out
+
+
+def test_course_assets_pointing_at_a_missing_folder_says_so(monkeypatch, tmp_path):
+    missing = tmp_path / "not-here"
+    monkeypatch.setenv("COURSE_ASSETS", str(missing))
+    with pytest.raises(FileNotFoundError, match=f"COURSE_ASSETS points at {missing}, a folder that does not exist: "
+                                                "unset it") as err:
+        runtime.load_model(choose_profile("offline"))
+    assert "pretrain_course_model" not in str(err.value)
+
+
+def test_a_model_folder_without_tokenizer_json_says_so(tmp_path):
+    (tmp_path / "config.json").write_text((runtime.assets_dir() / runtime.OFFLINE_MODEL / "config.json").read_text())
+    profile = choose_profile("offline")
+    profile.model_id = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json. Run `python scripts/pretrain_course_model.py`"):
+        runtime.load_model(profile)

@@ -71,3 +71,19 @@ def test_draw_memory_bars_stacks_every_part():
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert sum(heights) == pytest.approx(sum(e.total for e in estimates.values()) / 1e9)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(estimates)
+
+
+def test_any_positive_rank_and_names_in_any_case_are_accepted():
+    calc = MemoryCalculator(rank=12, gpu="t4", precision="BF16", model="Llama-3.1-8B")
+    assert calc.widgets["rank"].value == 12 and 12 in calc.widgets["rank"].options
+    assert calc.estimate.settings["rank"] == 12 and calc.widgets["gpu"].value == "T4"
+    for bad in ("abc", 0, 2.5):
+        with pytest.raises(ValueError, match="rank must be a positive whole number such as 16"):
+            MemoryCalculator(rank=bad)
+
+
+def test_a_rank_too_big_for_the_model_is_a_sentence_in_the_box():
+    calc = MemoryCalculator(model="smollm2-135m", rank=256)  # its k_proj and v_proj are 576 -> 192
+    assert calc.estimate is None and "rank 256 &gt;= min(in, out) = 192 of k_proj" in calc.verdict_box.value
+    calc.widgets["rank"].value = 64
+    assert calc.estimate.settings["rank"] == 64 and "rank" not in calc.verdict_box.value.split("<br>")[0]

@@ -1,10 +1,14 @@
 """Exercise checkers, one module per notebook (`nb01`, `nb02`, ...).
 
 Each checker takes the student's answer, prints one line (correct, or a hint that does not give the answer
-away) and returns True or False, so a notebook cell can be re-run until it says "Correct".
+away) and returns True or False, so a notebook cell can be re-run until it says "Correct". An answer of the
+wrong type (a string, a list, a tensor of many numbers) gets one line saying what was expected, never a
+traceback; None, the blank in the notebooks, gets the hint.
 """
 
 from __future__ import annotations
+
+import numbers
 
 
 def report(ok: bool, praise: str, hint: str) -> bool:
@@ -13,9 +17,63 @@ def report(ok: bool, praise: str, hint: str) -> bool:
     return ok
 
 
+def describe(answer) -> str:
+    """An answer as a message shows it: its value, cut short, and its type: "'abc' (str)"."""
+    text = repr(answer)
+    return f"{text if len(text) <= 40 else text[:37] + '...'} ({type(answer).__name__})"
+
+
+def as_number(answer, whole: bool = False) -> int | float | None:
+    """`answer` as a plain number, or None when it is none. A one-element tensor or NumPy value counts; a string,
+    a bool or a list does not. With `whole`, only whole numbers count (32.0 is read as 32)."""
+    if hasattr(answer, "item"):  # torch.tensor(32), np.int64(32): one number inside
+        try:
+            answer = answer.item()
+        except (ValueError, RuntimeError):  # a tensor or array of several numbers
+            return None
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Real):
+        return None
+    if whole:
+        return int(answer) if float(answer).is_integer() else None
+    return answer
+
+
+def not_a_number(answer, whole: bool = False) -> bool:
+    """True, after printing one line that says what was expected, when `answer` is given but is no number."""
+    if answer is None or as_number(answer, whole) is not None:
+        return False
+    report(False, "", f"Expected {'a whole number' if whole else 'a number'}, got {describe(answer)}.")
+    return True
+
+
+def as_numbers(answer, whole: bool = False) -> list | None:
+    """`answer` (a list, tuple, torch.Size or tensor) as a list of plain numbers, or None when it is none."""
+    if hasattr(answer, "tolist"):
+        answer = answer.tolist()
+    if not isinstance(answer, (list, tuple)):
+        return None
+    values = [as_number(a, whole) for a in answer]
+    return None if any(v is None for v in values) else values
+
+
+def not_numbers(answer, whole: bool = False) -> bool:
+    """True, after printing one line that says what was expected, when `answer` is given but is no list of numbers."""
+    if answer is None or as_numbers(answer, whole) is not None:
+        return False
+    report(False, "", f"Expected a list of {'whole numbers' if whole else 'numbers'}, got {describe(answer)}.")
+    return True
+
+
+def not_names(answer, what: str = "names") -> bool:
+    """True, after printing one line that says what was expected, when `answer` is given but is no list or set of
+    strings (one string is not a list of names)."""
+    if answer is None or (isinstance(answer, (list, tuple, set, frozenset)) and all(isinstance(a, str) for a in answer)):
+        return False
+    report(False, "", f"Expected a list or set of {what} (strings), got {describe(answer)}.")
+    return True
+
+
 def close(answer, expected: float, rel: float = 1e-6) -> bool:
     """True when a numeric answer is within `rel` of the expected value (False for non-numbers)."""
-    try:
-        return abs(float(answer) - expected) <= rel * max(1.0, abs(expected))
-    except (TypeError, ValueError):
-        return False
+    value = as_number(answer)
+    return value is not None and abs(float(value) - expected) <= rel * max(1.0, abs(expected))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from course_utils.configs import load_config
-from course_utils.exercises import close, report
+from course_utils.exercises import close, describe, not_a_number, report
 from course_utils.lora import LoRALinear, linear_shape
 
 
@@ -14,6 +14,8 @@ def check_down_proj_count(answer: int) -> bool:
     config = load_config("llama-3.1-8b")
     n_in, n_out = linear_shape(config, "down_proj")
     n = config.num_hidden_layers * 16 * (n_in + n_out)
+    if not_a_number(answer):
+        return False
     return report(close(answer, n), f"{config.num_hidden_layers} layers x 16 x ({n_in:,} + {n_out:,}) = {n:,}.",
                   "Per module A is r x in and B is out x r; down_proj goes from the MLP size back to the hidden size. "
                   "Then multiply by the number of layers.")
@@ -23,6 +25,8 @@ def check_break_even_rank(answer: float) -> bool:
     """Above which rank r does LoRA on the 8B's q_proj train more numbers than q_proj itself holds?"""
     n_in, n_out = linear_shape(load_config("llama-3.1-8b"), "q_proj")
     r = n_in * n_out / (n_in + n_out)
+    if not_a_number(answer):
+        return False
     return report(close(answer, r), f"r (in + out) = in x out at r = {n_in:,} x {n_out:,} / ({n_in:,} + {n_out:,}) = {r:,.0f}; "
                   "real adapters use r = 4 to 64, far below it.",
                   "Solve r * (in + out) = in * out for r, with q_proj's in and out features.")
@@ -40,8 +44,9 @@ def _reference(x, W, A, B, alpha, r):
 def check_lora_forward(fn) -> bool:
     """`fn(x, W, A, B, alpha, r)` must return W x + (alpha / r) B A x for a batch of row vectors x (..., in)."""
     if not callable(fn):
+        got = "" if fn is None else f" (you passed {describe(fn)})"
         return report(False, "", "Write a function lora_forward(x, W, A, B, alpha, r) and pass the function itself "
-                      "(no parentheses) to the checker.")
+                      f"(no parentheses) to the checker{got}.")
     gen = torch.Generator().manual_seed(3)
     for shape, n_in, n_out, r, alpha in (((4, 24), 24, 12, 4, 8), ((2, 3, 10), 10, 16, 2, 3.0)):
         x = torch.randn(*shape, generator=gen)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from course_utils.exercises import close, report
+from course_utils.exercises import as_number, as_numbers, close, not_a_number, not_numbers, report
 
 # The block of exercise 1 (four weights of one block).
 BLOCK = [0.12, -0.5, 0.031, 0.26]
@@ -17,11 +17,9 @@ def check_int8_block(answer: list[int]) -> bool:
     from course_utils.quantization import absmax_quantize
     q, absmax = absmax_quantize(torch.tensor(BLOCK))
     expected = q.tolist()
-    try:
-        ok = [int(a) for a in answer] == expected and len(answer) == len(expected)
-    except (TypeError, ValueError):
-        ok = False
-    return report(ok, f"absmax = {absmax.item():g}, so the scale is 127 / {absmax.item():g} and the block is {expected}.",
+    if not_numbers(answer, whole=True):
+        return False
+    return report(as_numbers(answer, whole=True) == expected, f"absmax = {absmax.item():g}, so the scale is 127 / {absmax.item():g} and the block is {expected}.",
                   "Divide every value by the block's largest |value|, multiply by 127, round to the nearest integer.")
 
 
@@ -31,7 +29,9 @@ def check_nf4_index(answer: int) -> bool:
     code = nf4_code_book()
     x = WEIGHT / BLOCK_ABSMAX
     index = int((code - x).abs().argmin())
-    return report(answer == index, f"{WEIGHT} / {BLOCK_ABSMAX} = {x:.2f}; the nearest NF4 level is {code[index].item():.4f}, "
+    if not_a_number(answer, whole=True):
+        return False
+    return report(as_number(answer, whole=True) == index, f"{WEIGHT} / {BLOCK_ABSMAX} = {x:.2f}; the nearest NF4 level is {code[index].item():.4f}, "
                   f"index {index}, which dequantizes to {code[index].item() * BLOCK_ABSMAX:.5f}.",
                   "Scale the weight by its block's absmax, then find the nearest of the 16 levels (count from 0).")
 
@@ -48,6 +48,8 @@ def check_70b_nf4_bytes(without_double_quant: float, with_double_quant: float) -
     """Bytes of the 70B's quantized weights (every Linear in the decoder layers) in NF4 with block size 64:
     with fp32 block constants, and with double quantization (8-bit constants, blocks of 256)."""
     from course_utils.quantization import nf4_bits_per_param
+    if not_a_number(without_double_quant) or not_a_number(with_double_quant):
+        return False
     n = _llama_70b_linear_weights()
     plain, double = n * nf4_bits_per_param(double_quant=False) / 8, n * nf4_bits_per_param(double_quant=True) / 8
     ok = close(without_double_quant, plain, rel=1e-3) and close(with_double_quant, double, rel=1e-3)
