@@ -17,22 +17,19 @@ Measuring the result (generation, exact match, the base's checksum) is course_ut
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from course_utils.checkpoints import apply_checkpoint, folder_problem, resume_point, save_checkpoint
 from course_utils.lora import (COURSE_ALPHA, COURSE_DROPOUT, COURSE_RANK, COURSE_TARGETS, get_lora_model,
                                lora_config)
 from course_utils.memory import OPTIMIZERS
 from course_utils.params import LINEAR_KINDS
-from course_utils.runtime import progress
+from course_utils.runtime import display_path, progress
 
 if TYPE_CHECKING:
     from course_utils.data import Batches
@@ -175,102 +172,6 @@ def model_device(model) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------------------
-
-CHECKPOINT_PREFIX = "checkpoint-"
-DRIVE = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive
-
-
-def run_folder(name: str) -> Path:
-    """Where a run keeps its checkpoints and adapter: on Google Drive when it is mounted (so they survive a
-    Colab disconnect), else `./runs/<name>`. $COURSE_CHECKPOINT_ROOT overrides both (the notebook runner
-    uses a fresh temporary folder)."""
-    root = os.environ.get("COURSE_CHECKPOINT_ROOT")
-    if root:
-        return Path(root) / name
-    if DRIVE.is_dir():
-        return DRIVE / "lora-qlora-course" / name
-    return Path("runs") / name
-
-
-def save_checkpoint(folder: str | Path, step: int, model, optimizer, scheduler, scaler, history: list[dict],
-                    train_config: TrainConfig) -> Path:
-    """Save everything a resume needs after `step` optimizer steps, into `folder/checkpoint-<step>/`.
-
-    Only the trainable (adapter) weights are saved, so a checkpoint is as small as the adapter. The folder is
-    written under a temporary name and renamed when complete, so a disconnect mid-write never leaves a broken
-    "latest" checkpoint.
-    """
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    weights = {name: p.detach().to("cpu").contiguous() for name, p in trainable_parameters(model).items()}
-    save_file(weights, str(tmp / "trainable.safetensors"))
-    torch.save({
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        "history": history,
-    }, tmp / "training_state.pt")
-    (tmp / "train_config.json").write_text(json.dumps(asdict(train_config), indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    old = list_checkpoints(folder)[:-train_config.keep_checkpoints] if train_config.keep_checkpoints > 0 else []
-    for path in old:
-        shutil.rmtree(path, ignore_errors=True)
-    return final
-
-
-def list_checkpoints(folder: str | Path) -> list[Path]:
-    """Complete checkpoints in `folder`, oldest first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / "training_state.pt").exists())
-
-
-def latest_checkpoint(folder: str | Path | None) -> Path | None:
-    found = list_checkpoints(folder) if folder else []
-    return found[-1] if found else None
-
-
-def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler) -> tuple[int, list[dict]]:
-    """Restore a checkpoint into the model's trainable weights, the optimizer, scheduler, scaler and random
-    generators; returns (steps done, loss history)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = trainable_parameters(model)
-    missing = sorted(set(params) - set(weights))
-    if missing:
-        raise ValueError(f"{path} has no weights for {len(missing)} trainable parameters (first: {missing[0]}); "
-                         "was it saved from another model or LoRA setting?")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
-    state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["step"], state["history"]
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------------
 
@@ -312,11 +213,17 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # fp16 needs loss scaling
 
     start, history, resumed_from = 0, [], None
-    checkpoint = latest_checkpoint(train_config.checkpoint_dir) if resume else None
+    folder = train_config.checkpoint_dir
+    if folder and (why := folder_problem(folder)):  # found before step 0, not after the first save
+        print(f"Training without checkpoints: {why}. (Mount Google Drive again, free some space, or set "
+              "another folder.)")
+        folder = None
+    settings = asdict(train_config)
+    checkpoint = resume_point(folder, trainable_parameters(model), settings, train_config.steps) if resume else None
     if checkpoint is not None:
-        start, history = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
-        resumed_from = str(checkpoint)
-        print(f"Resuming after step {start} from {checkpoint}")
+        start, history = apply_checkpoint(checkpoint, trainable_parameters(model), optimizer, scheduler, scaler)
+        resumed_from = str(checkpoint["path"])
+        print(f"Resuming after step {start} from {display_path(resumed_from)}")
     else:
         set_seed(train_config.seed)
     if plot is not None:
@@ -358,9 +265,14 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
         if plot is not None:
             plot.update(step, step_loss)
         every = train_config.checkpoint_every
-        if train_config.checkpoint_dir and every and (step + 1) % every == 0:
-            save_checkpoint(train_config.checkpoint_dir, step + 1, model, optimizer, scheduler, scaler, history,
-                            train_config)
+        if folder and every and (step + 1) % every == 0:
+            try:
+                save_checkpoint(folder, step + 1, trainable_parameters(model), optimizer, scheduler, scaler,
+                                history, settings, keep=train_config.keep_checkpoints)
+            except OSError as err:  # a full disk, Drive gone: say so once, keep training
+                print(f"\nCould not save a checkpoint at step {step + 1} ({err.strerror or err}); training goes "
+                      "on without checkpoints. Save the adapter when it ends, somewhere with space.")
+                folder = None
         if on_step is not None:
             on_step(step, step_loss)
     if device.type == "cuda":

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from course_utils import data, evaluation, runtime, training
+from course_utils import checkpoints, data, evaluation, runtime, training
 from tests.test_training import Disconnect, adapter_state
 
 pytestmark = pytest.mark.gpu
@@ -126,7 +126,7 @@ def test_training_with_checkpoints_lowers_the_loss_and_keeps_the_base(preset_nam
     assert evaluation.weights_checksum(model) == before_base  # the frozen NF4 base is bit-for-bit unchanged
     after = adapter_state(model)
     assert all(not torch.equal(after[k], before_adapter[k]) for k in after if "lora_B" in k)
-    saved = training.list_checkpoints(train_config.checkpoint_dir)
+    saved = checkpoints.list_checkpoints(train_config.checkpoint_dir)
     assert [p.name for p in saved] == ["checkpoint-000008", "checkpoint-000012"]
     from safetensors.torch import load_file
     assert set(load_file(str(saved[-1] / "trainable.safetensors"))) == set(training.trainable_parameters(model))

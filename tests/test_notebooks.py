@@ -14,6 +14,10 @@ NOTEBOOKS = notebook_paths()
 SECRET = re.compile(r"hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}"
                     r"|(?i:(?:token|secret|api[_-]?key|password)\s*[:=]\s*['\"]?[A-Za-z0-9_\-]{16,})")
 
+# Absolute paths of a machine (its repo, temp folders, venvs, home), which mean nothing to a reader on GitHub.
+MACHINE_PATH = re.compile(r"(?<![\w.~$])/(?:work|tmp|home|root|content|usr|opt|var|mnt|Users)/[^\s'\"]*"
+                          r"|site-packages|[A-Z]:\\Users")
+
 
 def outputs_text(nb) -> str:
     parts = []
@@ -37,6 +41,17 @@ def test_committed_outputs_are_fresh_and_clean(path):
     assert not any(o.output_type == "error" for c in code for o in c.outputs)
     assert "widgets" not in nb.metadata, "widget state breaks GitHub's renderer"
     assert not SECRET.search(outputs_text(nb)), "an output contains something that looks like a token"
+    found = MACHINE_PATH.search(outputs_text(nb))
+    assert not found, f"{path.name}: an output shows a machine path: {found.group(0)!r} (print runtime.display_path)"
+
+
+def test_machine_path_pattern_catches_absolute_paths():
+    for text in ("/work/main/assets/course-llama", "in /tmp/course-run-x/06-offline", "/root/.cache/x",
+                 "/usr/lib/python3.11/site-packages/peft/bnb.py:377: UserWarning", "C:\\Users\\me\\runs"):
+        assert MACHINE_PATH.search(text), text
+    for text in ("assets/course-llama", "~/.cache/lora-qlora-course/x", "$COURSE_CHECKPOINT_ROOT/06-offline",
+                 "runs/06-offline/checkpoints", "a 1/2 chance", "loss 8.2 -> 0.1 (80/80 steps)"):
+        assert not MACHINE_PATH.search(text), text
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -67,3 +82,31 @@ def test_notebook_runs_top_to_bottom_offline(path):
     profile = os.environ["COURSE_PROFILE"]  # conftest makes it "offline" unless the caller chose one
     assert nb.metadata.course == {"code_sha256": code_hash(nb), "profile": profile, "run_seconds": round(seconds, 1)}
     assert not SECRET.search(outputs_text(nb))
+
+
+def test_notebook_06_guards_cells_run_twice_or_out_of_order(capsys):
+    """The LoRA cell run again keeps the trained adapter; the "after" cell run before training says what to do."""
+    import torch
+    from peft import PeftModel
+    from course_utils import evaluation, runtime, training
+    nb = nbformat.read(next(p for p in NOTEBOOKS if p.name.startswith("06")), as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    lora_cell = next(src for src in code if "def build_qlora_model" in src)
+    after_cell = next(src for src in code if src.startswith('if "result" not in globals()'))
+
+    exec(after_cell, {"print": print})  # nothing trained: a sentence, no NameError
+    assert "run the training cell of section 8 first" in capsys.readouterr().out
+
+    profile = runtime.choose_profile("offline")
+    base, _ = runtime.load_model(profile, four_bit=False)
+    namespace = {"profile": profile, "runtime": runtime, "training": training, "evaluation": evaluation,
+                 "torch": torch, "model": base}
+    exec(lora_cell, namespace)  # the first run wraps the base
+    trained = namespace["model"]
+    assert isinstance(trained, PeftModel)
+    with torch.no_grad():
+        next(p for n, p in trained.named_parameters() if "lora_B" in n).fill_(0.5)  # stands for training
+    exec(lora_cell, namespace)  # run again: the same model, adapter and weights
+    assert namespace["model"] is trained
+    assert next(p for n, p in namespace["model"].named_parameters() if "lora_B" in n).eq(0.5).all()
+    assert "already has its adapter" in capsys.readouterr().out

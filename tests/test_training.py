@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from course_utils import data, lora, memory, plots, pretraining, training
+from course_utils import checkpoints, data, lora, memory, plots, pretraining, training
 from course_utils.architecture import empty_model
 from course_utils.configs import load_config
 
@@ -131,7 +131,7 @@ def test_resume_after_an_interruption_ends_with_the_same_adapter(task, tmp_path)
 
     with pytest.raises(Disconnect):
         training.train(model, batches_for(task), train_config, on_step=disconnect, show_progress=False)
-    saved = training.list_checkpoints(train_config.checkpoint_dir)
+    saved = checkpoints.list_checkpoints(train_config.checkpoint_dir)
     assert [p.name for p in saved] == ["checkpoint-000003", "checkpoint-000006"]
 
     fresh = tiny_lora_model(task[1], seed=5, adapter_seed=99)  # a new session: the base again, another random adapter
@@ -141,7 +141,7 @@ def test_resume_after_an_interruption_ends_with_the_same_adapter(task, tmp_path)
     for name in expected:
         torch.testing.assert_close(final[name], expected[name], atol=1e-6, rtol=0)
     assert [round(r["loss"], 5) for r in result.history] == [round(r["loss"], 5) for r in ref_result.history]
-    kept = [p.name for p in training.list_checkpoints(train_config.checkpoint_dir)]
+    kept = [p.name for p in checkpoints.list_checkpoints(train_config.checkpoint_dir)]
     assert kept == ["checkpoint-000006", "checkpoint-000009"]
 
 
@@ -151,7 +151,7 @@ def test_checkpoint_is_the_adapter_only_and_partial_writes_are_ignored(task, tmp
     training.train(model, batches_for(task), train_config, show_progress=False)
     (tmp_path / ".tmp-checkpoint-000004").mkdir()  # a write cut short by a disconnect
     (tmp_path / "checkpoint-000008").mkdir()        # a folder without its state file
-    latest = training.latest_checkpoint(tmp_path)
+    latest = checkpoints.latest_checkpoint(tmp_path)
     assert latest.name == "checkpoint-000002"
     from safetensors.torch import load_file
     saved = load_file(str(latest / "trainable.safetensors"))
@@ -160,7 +160,8 @@ def test_checkpoint_is_the_adapter_only_and_partial_writes_are_ignored(task, tmp
         other = tiny_lora_model(task[1])
         other.base_model.model.model.embed_tokens.weight.requires_grad_(True)
         opt = torch.optim.AdamW(list(training.trainable_parameters(other).values()))
-        training.load_checkpoint(latest, other, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), None)
+        checkpoints.apply_checkpoint(checkpoints.read_checkpoint(latest), training.trainable_parameters(other), opt,
+                                     torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), None)
 
 
 def test_live_plot_records_and_draws_headless():
@@ -213,12 +214,12 @@ def test_errors_are_clear(task):
 
 def test_run_folder_prefers_the_env_then_drive(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_CHECKPOINT_ROOT", str(tmp_path))
-    assert training.run_folder("06-offline") == tmp_path / "06-offline"
+    assert checkpoints.run_folder("06-offline") == tmp_path / "06-offline"
     monkeypatch.delenv("COURSE_CHECKPOINT_ROOT")
-    monkeypatch.setattr(training, "DRIVE", tmp_path / "MyDrive")
-    assert training.run_folder("x") == training.Path("runs") / "x"  # no Drive mounted
+    monkeypatch.setattr(checkpoints, "DRIVE", tmp_path / "MyDrive")
+    assert checkpoints.run_folder("x") == checkpoints.Path("runs") / "x"  # no Drive mounted
     (tmp_path / "MyDrive").mkdir()
-    assert training.run_folder("x") == tmp_path / "MyDrive" / "lora-qlora-course" / "x"
+    assert checkpoints.run_folder("x") == tmp_path / "MyDrive" / "lora-qlora-course" / "x"
 
 
 def test_a_4bit_model_on_the_cpu_gives_the_same_outputs_after_a_save(tmp_path):

@@ -1,0 +1,200 @@
+"""Checkpoints that let a run survive a Colab disconnect, and never spoil or lose the next run.
+
+A checkpoint is a folder `checkpoint-<step>/` holding the adapter's weights (`trainable.safetensors`), the
+optimizer, scheduler, loss-scaler and random state with the loss history (`training_state.pt`), and the settings
+(`train_config.json`). `resume_point` picks what `training.train` continues from:
+- the newest checkpoint that reads back whole (a damaged one, what a Drive disconnect leaves, is skipped with a
+  sentence), read completely before anything touches the model;
+- none, when that run already finished or was saved with other settings (another rank, learning rate, ...):
+  its checkpoints are moved aside to `<folder>-finished-<n>` / `<folder>-other-settings-<n>` (kept, never
+  deleted) and the run starts at step 0, so a rehearsal never turns the live run into "0 steps".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_PREFIX = "checkpoint-"
+DRIVE = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive
+# Settings that may change between a run and its resume: how long it runs, and where and how often it saves.
+MAY_CHANGE = ("steps", "checkpoint_dir", "checkpoint_every", "keep_checkpoints")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that can't be used, with the reason in a sentence."""
+
+
+def run_folder(name: str) -> Path:
+    """Where a run keeps its checkpoints and adapter: on Google Drive when it is mounted (so they survive a
+    Colab disconnect), else `./runs/<name>`. $COURSE_CHECKPOINT_ROOT overrides both (the notebook runner
+    uses a fresh temporary folder)."""
+    root = os.environ.get("COURSE_CHECKPOINT_ROOT")
+    if root:
+        return Path(root) / name
+    if DRIVE.is_dir():
+        return DRIVE / "lora-qlora-course" / name
+    return Path("runs") / name
+
+
+def folder_problem(folder: str | Path) -> str | None:
+    """Why checkpoints can't be written to `folder` (read-only, full disk, Drive unmounted), or None."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+        return None
+    except OSError as err:
+        return f"{folder} can't be written ({err.strerror or err})"
+
+
+def save_checkpoint(folder: str | Path, step: int, params: dict[str, torch.nn.Parameter], optimizer, scheduler,
+                    scaler, history: list[dict], settings: dict, keep: int = 2) -> Path:
+    """Save everything a resume needs after `step` optimizer steps into `folder/checkpoint-<step>/`: only the
+    trainable (adapter) weights `params`, so a checkpoint is as small as the adapter. It is written under a
+    temporary name and renamed when complete; a failed write removes its partial folder and raises OSError."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step:06d}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({name: p.detach().to("cpu").contiguous() for name, p in params.items()},
+                  str(tmp / "trainable.safetensors"))
+        torch.save({
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "history": history,
+        }, tmp / "training_state.pt")
+        (tmp / "train_config.json").write_text(json.dumps(settings, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for path in (list_checkpoints(folder)[:-keep] if keep > 0 else []):
+        shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(folder: str | Path | None) -> list[Path]:
+    """Checkpoints in `folder` (complete or not: `read_checkpoint` tells), oldest first."""
+    if not folder or not Path(folder).is_dir():
+        return []
+    return sorted(p for p in Path(folder).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+
+
+def latest_checkpoint(folder: str | Path | None) -> Path | None:
+    """The newest checkpoint of `folder` that has its state file, or None."""
+    found = [p for p in list_checkpoints(folder) if (p / "training_state.pt").exists()]
+    return found[-1] if found else None
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Everything in a checkpoint, read completely (weights, state, settings); CheckpointError says what's wrong."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    for name in ("trainable.safetensors", "training_state.pt"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{name} is missing")
+    try:
+        weights = load_file(str(path / "trainable.safetensors"))
+    except Exception as err:
+        raise CheckpointError(f"trainable.safetensors is damaged ({type(err).__name__})") from None
+    try:
+        state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"training_state.pt is damaged ({type(err).__name__})") from None
+    settings_file = path / "train_config.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    return {"path": path, "weights": weights, "state": state, "settings": settings}
+
+
+def differences(checkpoint: dict, params: dict[str, torch.nn.Parameter], settings: dict) -> list[str]:
+    """What differs between a checkpoint and this run: the adapter's tensors and shapes, and the settings."""
+    saved = checkpoint["weights"]
+    out = []
+    if set(saved) != set(params):
+        out.append(f"the adapter's tensors ({len(saved)} saved, {len(params)} now)")
+    else:
+        out += [f"{name}: {tuple(saved[name].shape)} saved, {tuple(p.shape)} now"
+                for name, p in params.items() if tuple(saved[name].shape) != tuple(p.shape)][:1]
+    for key, value in settings.items():
+        old = checkpoint["settings"].get(key, value)
+        if key not in MAY_CHANGE and json.loads(json.dumps(old)) != json.loads(json.dumps(value)):
+            out.append(f"{key} {old} saved, {value} now")
+    return out
+
+
+def apply_checkpoint(checkpoint: dict, params: dict[str, torch.nn.Parameter], optimizer, scheduler,
+                     scaler) -> tuple[int, list[dict]]:
+    """Restore a checkpoint read by `read_checkpoint` into the adapter, optimizer, scheduler, scaler and random
+    generators; returns (steps done, loss history)."""
+    weights, state = checkpoint["weights"], checkpoint["state"]
+    missing = sorted(set(params) - set(weights))
+    if missing:
+        raise ValueError(f"{checkpoint['path']} has no weights for {len(missing)} trainable parameters (first: "
+                         f"{missing[0]}); was it saved from another model or LoRA setting?")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name].to(p.device, p.dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["step"], state["history"]
+
+
+def move_aside(folder: str | Path, why: str) -> Path:
+    """Rename a run's checkpoint folder to `<folder>-<why>-<n>` (the first n free): kept, out of the way."""
+    folder = Path(folder)
+    n = 1
+    while (target := folder.with_name(f"{folder.name}-{why}-{n}")).exists():
+        n += 1
+    os.replace(folder, target)
+    return target
+
+
+def resume_point(folder: str | Path | None, params: dict[str, torch.nn.Parameter], settings: dict,
+                 steps: int, show=print) -> dict | None:
+    """The checkpoint a run of `steps` steps continues from, read whole, or None to start at step 0 (see the
+    module's docstring); says in a sentence what it skipped or moved aside, and why."""
+    from course_utils.runtime import display_path
+
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            checkpoint = read_checkpoint(path)
+        except CheckpointError as why:
+            show(f"Skipping {path.name}: {why}; trying the one before.")
+            continue
+        shown = display_path(str(folder))
+        if changed := differences(checkpoint, params, settings):
+            kept = move_aside(folder, "other-settings")
+            show(f"The checkpoints in {shown} were saved with other settings ({'; '.join(changed)}); they are kept "
+                 f"in {kept.name}, and this run starts at step 0.")
+            return None
+        if checkpoint["state"]["step"] >= steps:
+            kept = move_aside(folder, "finished")
+            show(f"The run in {shown} had already finished ({checkpoint['state']['step']} of {steps} steps): it is "
+                 f"kept in {kept.name}, and this run trains again from step 0.")
+            return None
+        return checkpoint
+    return None

@@ -1,0 +1,101 @@
+"""Checkpoints that never lose work or surprise a class (course_utils.checkpoints, through training.train)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from course_utils import checkpoints, training
+from tests.test_training import Disconnect, batches_for, task, tiny_lora_model  # noqa: F401  (task is a fixture)
+
+
+def run(task, train_config, seed=0, r=None, **kwargs):
+    model = tiny_lora_model(task[1], seed=seed) if r is None else rank_model(task, r)
+    return model, training.train(model, batches_for(task), train_config, show_progress=False, **kwargs)
+
+
+def rank_model(task, r):
+    """The same tiny base as tiny_lora_model, with an adapter of rank r on q and v only."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+    config = tiny_lora_model(task[1]).get_base_model().config
+    torch.manual_seed(0)
+    return get_peft_model(LlamaForCausalLM(config), LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"],
+                                                               task_type="CAUSAL_LM"))
+
+
+def config(tmp_path, **kw):
+    return training.TrainConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=1, checkpoint_every=2,
+                                checkpoint_dir=str(tmp_path / "ckpt"), **kw)
+
+
+def test_a_finished_run_is_kept_and_the_next_run_trains_live(task, tmp_path, capsys):
+    train_config = config(tmp_path)
+    _, first = run(task, train_config)
+    _, second = run(task, train_config)  # the live run after a rehearsal
+    assert first.steps_run == second.steps_run == 4 and second.resumed_from is None
+    out = capsys.readouterr().out
+    assert "had already finished (4 of 4 steps)" in out and "ckpt-finished-1" in out
+    assert checkpoints.latest_checkpoint(tmp_path / "ckpt-finished-1").name == "checkpoint-000004"
+    _, shorter = run(task, replace(train_config, steps=2))  # fewer steps than were done: a new live run too
+    assert shorter.steps_run == 2 and (tmp_path / "ckpt-finished-2").is_dir()
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "truncated state", "deleted weights"])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(task, tmp_path, capsys, damage):
+    train_config = config(tmp_path, keep_checkpoints=3)
+    with pytest.raises(Disconnect):
+        run(task, replace(train_config, steps=8), on_step=lambda step, loss: step == 3 and _raise())
+    newest = checkpoints.latest_checkpoint(train_config.checkpoint_dir)
+    assert newest.name == "checkpoint-000004"
+    name = "training_state.pt" if damage == "truncated state" else "trainable.safetensors"
+    if damage.startswith("truncated"):
+        data = (newest / name).read_bytes()
+        (newest / name).write_bytes(data[: len(data) // 2])
+    else:
+        (newest / name).unlink()
+    model, resumed = run(task, replace(train_config, steps=8))
+    out = capsys.readouterr().out
+    assert "Skipping checkpoint-000004" in out and name in out
+    assert resumed.resumed_from.endswith("checkpoint-000002") and resumed.steps_run == 6
+    _, straight = run(task, replace(train_config, steps=8, checkpoint_dir=None))
+    reference = straight.history[-1]["loss"]
+    assert resumed.history[-1]["loss"] == pytest.approx(reference, abs=1e-5)
+
+
+def _raise():
+    raise Disconnect()
+
+
+def test_resuming_with_other_settings_says_what_differs_and_starts_over(task, tmp_path, capsys):
+    train_config = config(tmp_path)
+    with pytest.raises(Disconnect):
+        run(task, train_config, on_step=lambda step, loss: step == 1 and _raise())
+    _, other_lr = run(task, replace(train_config, lr=2e-3))
+    out = capsys.readouterr().out
+    assert "other settings (lr 0.001 saved, 0.002 now)" in out and other_lr.steps_run == 4
+    assert checkpoints.latest_checkpoint(tmp_path / "ckpt-other-settings-1").name == "checkpoint-000002"
+    with pytest.raises(Disconnect):
+        run(task, train_config, on_step=lambda step, loss: step == 1 and _raise())
+    _, other_rank = run(task, train_config, r=8)  # another rank and targets: no size-mismatch traceback
+    assert "other settings" in capsys.readouterr().out and other_rank.steps_run == 4
+
+
+def test_a_folder_that_cant_be_written_is_found_before_step_0(task, tmp_path, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the checkpoint folder should go (as an unmounted Drive leaves)")
+    _, result = run(task, replace(config(tmp_path), checkpoint_dir=str(blocker / "ckpt")))
+    assert result.steps_run == 4 and "Training without checkpoints" in capsys.readouterr().out
+
+
+def test_a_failed_save_is_said_once_cleaned_up_and_training_goes_on(task, tmp_path, capsys, monkeypatch):
+    def full_disk(obj, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    _, result = run(task, replace(config(tmp_path), steps=6))
+    out = capsys.readouterr().out
+    assert result.steps_run == 6 and out.count("Could not save a checkpoint") == 1 and "No space left" in out
+    assert not list((tmp_path / "ckpt").iterdir()), "the partial checkpoint folder is removed"
