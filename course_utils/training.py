@@ -202,7 +202,8 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
     called after every optimizer step (a test uses it to stop a run part-way, as a disconnect would).
     """
     device = model_device(model)
-    params = list(trainable_parameters(model).values())
+    trainable = trainable_parameters(model)  # name -> parameter: what the optimizer updates and checkpoints save
+    params = list(trainable.values())
     if not params:
         raise ValueError("no parameter requires grad: freeze the base and add an adapter first")
     if train_config.gradient_checkpointing:
@@ -219,9 +220,9 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
               "another folder.)")
         folder = None
     settings = asdict(train_config)
-    checkpoint = resume_point(folder, trainable_parameters(model), settings, train_config.steps) if resume else None
+    checkpoint = resume_point(folder, trainable, settings, train_config.steps) if resume else None
     if checkpoint is not None:
-        start, history = apply_checkpoint(checkpoint, trainable_parameters(model), optimizer, scheduler, scaler)
+        start, history = apply_checkpoint(checkpoint, trainable, optimizer, scheduler, scaler)
         resumed_from = str(checkpoint["path"])
         print(f"Resuming after step {start} from {display_path(resumed_from)}")
     else:
@@ -267,7 +268,7 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
         every = train_config.checkpoint_every
         if folder and every and (step + 1) % every == 0:
             try:
-                save_checkpoint(folder, step + 1, trainable_parameters(model), optimizer, scheduler, scaler,
+                save_checkpoint(folder, step + 1, trainable, optimizer, scheduler, scaler,
                                 history, settings, keep=train_config.keep_checkpoints)
             except OSError as err:  # a full disk, Drive gone: say so once, keep training
                 print(f"\nCould not save a checkpoint at step {step + 1} ({err.strerror or err}); training goes "

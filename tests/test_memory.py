@@ -47,13 +47,17 @@ def test_the_8b_in_bf16_is_what_the_meta_model_holds():
     assert weight_bytes(config, "bf16") == meta_footprint(config, torch.bfloat16) == 16_060_523_008
 
 
+def save_random_llama(folder, config: dict):
+    """A LlamaForCausalLM with seeded random bf16 weights, saved to `folder` for from_pretrained to quantize."""
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**config)).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def saved_small_llama(tmp_path_factory):
-    from transformers import LlamaForCausalLM
-    folder = tmp_path_factory.mktemp("small-llama")
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**SMALL)).to(torch.bfloat16).save_pretrained(folder)
-    return folder
+    return save_random_llama(tmp_path_factory.mktemp("small-llama"), SMALL)
 
 
 def load_quantized(folder, quantization_config, dtype=torch.bfloat16):

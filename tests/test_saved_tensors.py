@@ -15,11 +15,12 @@ LoRA dropout is 0: on a CPU dropout keeps a float mask, on a GPU (what the estim
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig
 
 from course_utils.memory import COPIES_PART, training_memory
-from course_utils.quantization import bitsandbytes_problem
+from course_utils.quantization import bitsandbytes_problem, bnb_4bit_config
 from course_utils.training import enable_gradient_checkpointing
+from tests.test_memory import load_quantized, save_random_llama
 
 # A large vocabulary for the size, so that lm_head's 16-bit copy is a big share of what is kept, as on the 8B.
 CONFIG = dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
@@ -34,17 +35,11 @@ pytestmark = pytest.mark.skipif(bitsandbytes_problem() is not None, reason=str(b
 
 @pytest.fixture(scope="module")
 def saved_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("saved-tensors-llama")
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**CONFIG)).to(torch.bfloat16).save_pretrained(folder)
-    return folder
+    return save_random_llama(tmp_path_factory.mktemp("saved-tensors-llama"), CONFIG)
 
 
 def prepared_qlora(folder, checkpointing: bool):
-    qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                            bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=qc, device_map="cpu",
-                                                 dtype=torch.bfloat16)
+    model = load_quantized(folder, bnb_4bit_config(torch.bfloat16))
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=0.0, target_modules=TARGETS))
     if checkpointing:
