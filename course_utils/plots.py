@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 import time
 
 import matplotlib.pyplot as plt
@@ -115,11 +117,11 @@ def draw_memory_bars(estimates: dict[str, TrainingMemory], ax=None, gpus: dict[s
     tallest = max(bottoms)
     # Show the GPUs up to the first one the tallest bar fits on, so that small bars stay readable.
     top = tallest if log else max(tallest, min([gb for gb in sizes if gb >= tallest], default=max(sizes)))
-    for gb, names in sizes.items():  # the GPUs as dashed lines, named to the right of the axes
-        if gb <= top:
-            ax.axhline(gb, color="#cb181d", ls="--", lw=0.9)
-            ax.text(1.01, gb, f"{gb:g} GB: " + " / ".join(names), color="#cb181d", fontsize=8, va="center",
-                    transform=ax.get_yaxis_transform())
+    shown = sorted(gb for gb in sizes if gb <= top)
+    for gb in shown:  # the GPUs as dashed lines
+        ax.axhline(gb, color="#cb181d", ls="--", lw=0.9)
+    for gb, label in gpu_labels({gb: sizes[gb] for gb in shown}, top, log):  # named to the right of the axes
+        ax.text(1.01, gb, label, color="#cb181d", fontsize=8, va="center", transform=ax.get_yaxis_transform())
     ax.set_xlim(-0.7, len(labels) - 0.3)
     if log:
         ax.set_yscale("log")
@@ -131,6 +133,35 @@ def draw_memory_bars(estimates: dict[str, TrainingMemory], ax=None, gpus: dict[s
                                                    else -0.09), ncol=len(PART_COLORS), fontsize=8, frameon=False)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def gpu_labels(sizes: dict[float, list[str]], top: float, log: bool = False,
+               min_gap: float = 0.05) -> list[tuple[float, str]]:
+    """(height, text) labels for GPU lines: lines closer than `min_gap` of the axis share one label, so that
+    the small GPUs under a 405B bar read "16-80 GB: T4 ... H100" instead of a pile of overlapping names."""
+    place = (lambda gb: math.log10(gb)) if log else (lambda gb: gb)
+    span = (place(top) - place(min(sizes))) if log else top
+    groups: list[list[float]] = []
+    for gb in sorted(sizes):
+        if groups and place(gb) - place(groups[-1][0]) < min_gap * max(span, 1e-9):
+            groups[-1].append(gb)
+        else:
+            groups.append([gb])
+    labels = []
+    for group in groups:
+        names = " / ".join(n for gb in group for n in sizes[gb])
+        size = f"{group[0]:g} GB" if len(group) == 1 else f"{group[0]:g}-{group[-1]:g} GB"
+        labels.append((group[-1] if len(group) > 1 else group[0], f"{size}: {names}"))
+    return labels
+
+
+def sharp_png(fig):
+    """`fig` as an IPython Image drawn at twice its dpi and shown at its normal size: sharp on a projector."""
+    from IPython.display import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi * 2, bbox_inches="tight")
+    return Image(data=buffer.getvalue(), retina=True)
 
 
 def draw_lora_to_scale(in_features: int, out_features: int, r: int, name: str = "W", ax=None):
@@ -192,9 +223,14 @@ def plot_loss_mask(tokenizer, example: dict, per_row: int = 14, ax=None):
 
 class LivePlot:
     """A loss curve that redraws in place in a notebook (an IPython display handle), at most every `every_s`
-    seconds; its last state stays in the notebook's output. Outside a notebook it only records the points."""
+    seconds; its last state stays in the notebook's output. Outside a notebook it only records the points.
 
-    def __init__(self, total_steps: int, title: str = "Training loss", every_s: float = 2.0, smooth: float = 0.9):
+    Readable from the back of a room: a log loss axis (a loss falling from 8 to 0.05 stays visible all the way
+    down), a smoothed line without lag at the start (bias-corrected, as Adam corrects its averages), large text,
+    and a picture drawn at twice the resolution.
+    """
+
+    def __init__(self, total_steps: int, title: str = "Training loss", every_s: float = 2.0, smooth: float = 0.8):
         self.total_steps, self.title, self.every_s, self.smooth = total_steps, title, every_s, smooth
         self.steps: list[int] = []
         self.losses: list[float] = []
@@ -209,43 +245,55 @@ class LivePlot:
             self.draw()
 
     def smoothed(self) -> list[float]:
-        out, avg = [], None
-        for loss in self.losses:
-            avg = loss if avg is None else self.smooth * avg + (1 - self.smooth) * loss
-            out.append(avg)
-        return out
+        """Exponential moving average of the losses, divided by 1 - smooth^t so it starts at the first loss."""
+        return bias_corrected_average(self.losses, self.smooth)
 
     def figure(self):
         if self._fig is None:
-            self._fig, self._ax = plt.subplots(figsize=(7, 3.2))
+            self._fig, self._ax = plt.subplots(figsize=(8, 3.8))
             plt.close(self._fig)  # shown through the display handle only, never twice
         ax = self._ax
         ax.clear()
-        ax.plot(self.steps, self.losses, color="tab:blue", alpha=0.3, lw=1, label="loss per step")
+        ax.plot(self.steps, self.losses, color="tab:blue", alpha=0.3, lw=1.2, label="loss per step")
         if self.losses:
-            ax.plot(self.steps, self.smoothed(), color="tab:blue", lw=2, label="smoothed")
-            ax.set_title(f"{self.title}: step {self.steps[-1] + 1}/{self.total_steps}, loss {self.losses[-1]:.3f}")
+            ax.plot(self.steps, self.smoothed(), color="tab:blue", lw=3, label="smoothed")
+            ax.set_title(f"{self.title}: step {self.steps[-1] + 1}/{self.total_steps}, "
+                         f"loss {self.smoothed()[-1]:.3f}", fontsize=13)
+            ax.set_yscale("log")
+            low, high = min(self.losses), max(self.losses)
+            ax.set_ylim(low / 1.3, high * 1.3)
         ax.set_xlim(0, max(self.total_steps, 1))
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss on the answer tokens")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
+        ax.set_xlabel("optimizer step", fontsize=12)
+        ax.set_ylabel("loss on the answers (log)", fontsize=12)
+        ax.tick_params(labelsize=11)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="upper right", fontsize=11)
         self._fig.tight_layout()
         return self._fig
 
     def draw(self) -> None:
         from IPython.display import display
-        fig = self.figure()
+        picture = sharp_png(self.figure())
         if self._handle is None:
-            self._handle = display(fig, display_id=True)
+            self._handle = display(picture, display_id=True)
         else:
-            self._handle.update(fig)
+            self._handle.update(picture)
         self._last_draw = time.perf_counter()
 
     def close(self) -> None:
         """Draw the final state."""
         if self._live and self.steps:
             self.draw()
+
+
+def bias_corrected_average(values: list[float], beta: float) -> list[float]:
+    """Exponential moving average with Adam's bias correction: avg_t / (1 - beta^t), so no lag towards zero
+    (or towards the first value) at the start; a constant series stays that constant."""
+    out, avg = [], 0.0
+    for t, value in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * value
+        out.append(avg / (1 - beta ** t))
+    return out
 
 
 def _in_notebook() -> bool:

@@ -76,9 +76,25 @@ def execute(path: Path, timeout: int = 600, retries: int = 1) -> tuple[nbformat.
     return nb, seconds
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def drop_widget_views(nb) -> None:
+    """Remove live-widget views from the outputs: without the kernel that made them they can't be drawn, and
+    GitHub, nbconvert and a notebook opened before running would show a raw repr or an error instead. What stays
+    is each output's plain text and picture (the course's calculators give a sentence and their chart)."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_VIEW in data:
+                del data[WIDGET_VIEW]
+                out.get("metadata", {}).pop(WIDGET_VIEW, None)
+
+
 def stamp(nb, seconds: float, profile: str) -> None:
     """Record how the outputs were made (`profile`: the COURSE_PROFILE the kernel ran with), and drop widget state."""
     nb.metadata.pop("widgets", None)
+    drop_widget_views(nb)
     nb.metadata["course"] = {
         "code_sha256": code_hash(nb),
         "profile": profile,

@@ -6,7 +6,7 @@ import re
 import nbformat
 import pytest
 
-from scripts.run_notebooks import code_hash, execute, notebook_paths
+from scripts.run_notebooks import WIDGET_VIEW, code_hash, execute, notebook_paths
 from tests.conftest import NOTEBOOK_TIMES
 
 NOTEBOOKS = notebook_paths()
@@ -17,6 +17,11 @@ SECRET = re.compile(r"hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0
 # Absolute paths of a machine (its repo, temp folders, venvs, home), which mean nothing to a reader on GitHub.
 MACHINE_PATH = re.compile(r"(?<![\w.~$])/(?:work|tmp|home|root|content|usr|opt|var|mnt|Users)/[^\s'\"]*"
                           r"|site-packages|[A-Z]:\\Users")
+
+# What ipywidgets prints for a widget that can't be drawn: "HBox(children=(VBox(children=(Dropdown(...".
+RAW_WIDGET_REPR = re.compile(r"\b(?:H|V)?Box\(children=|\b(?:Dropdown|Output|Checkbox|SelectMultiple|"
+                             r"SelectionSlider|IntSlider|FloatSlider|HTML|Button)\((?:description|layout|options|"
+                             r"outputs|value|children)=")
 
 
 def outputs_text(nb) -> str:
@@ -40,9 +45,21 @@ def test_committed_outputs_are_fresh_and_clean(path):
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "run top to bottom, every cell once"
     assert not any(o.output_type == "error" for c in code for o in c.outputs)
     assert "widgets" not in nb.metadata, "widget state breaks GitHub's renderer"
+    views = [o for c in code for o in c.outputs if WIDGET_VIEW in o.get("data", {})]
+    assert not views, "a live-widget view was committed; it can't be drawn without its kernel"
+    found = RAW_WIDGET_REPR.search(outputs_text(nb))
+    assert not found, f"{path.name}: a raw widget repr in the outputs: {found.group(0)!r} (show a sentence instead)"
     assert not SECRET.search(outputs_text(nb)), "an output contains something that looks like a token"
     found = MACHINE_PATH.search(outputs_text(nb))
     assert not found, f"{path.name}: an output shows a machine path: {found.group(0)!r} (print runtime.display_path)"
+
+
+def test_raw_widget_repr_pattern():
+    assert RAW_WIDGET_REPR.search("HBox(children=(VBox(children=(Dropdown(description='model', options=")
+    assert RAW_WIDGET_REPR.search("VBox(children=(HBox(children=(Dropdown(description='model'")
+    assert RAW_WIDGET_REPR.search("Output(layout=Layout(min_height='120px'))")
+    assert not RAW_WIDGET_REPR.search("An interactive calculator: run this cell in Jupyter or Colab to turn its knobs.")
+    assert not RAW_WIDGET_REPR.search("adapter steps: 100%|##########| 20/20 [00:01<00:00]")
 
 
 def test_machine_path_pattern_catches_absolute_paths():

@@ -170,9 +170,25 @@ def test_live_plot_records_and_draws_headless():
         plot.update(step, loss)
     assert plot.losses == [3.0, 2.0, 1.5, 1.2, 1.0]
     smooth = plot.smoothed()
-    assert smooth[0] == 3.0 and all(a > b for a, b in zip(smooth, smooth[1:]))
+    assert smooth[0] == pytest.approx(3.0) and all(a > b for a, b in zip(smooth, smooth[1:]))
     fig = plot.figure()
     assert "step 5/5" in fig.axes[0].get_title()
+    assert fig.axes[0].get_yscale() == "log"  # a loss from 8 to 0.05 stays readable all the way down
+    picture = plots.sharp_png(fig)
+    assert int.from_bytes(picture.data[16:20], "big") // 2 == picture.width  # drawn at twice its shown size
+
+
+def test_smoothing_does_not_lag_at_the_start():
+    """A plain moving average starting from 0 (or from the first loss) lags; the bias-corrected one doesn't."""
+    assert plots.bias_corrected_average([2.0] * 6, 0.9) == pytest.approx([2.0] * 6)
+    falling = [8.0, 4.0, 2.0, 1.0]
+    plain, avg = [], 0.0
+    for x in falling:
+        avg = 0.9 * avg + 0.1 * x
+        plain.append(avg)
+    corrected = plots.bias_corrected_average(falling, 0.9)
+    assert corrected[0] == pytest.approx(8.0) and plain[0] == pytest.approx(0.8)
+    assert all(min(falling[: i + 1]) <= c <= max(falling[: i + 1]) for i, c in enumerate(corrected))
 
 
 def test_presets_and_the_t4_memory_estimate():

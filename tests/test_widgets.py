@@ -4,12 +4,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import base64  # noqa: E402
+import re  # noqa: E402
+
 import pytest  # noqa: E402
 
 from course_utils.configs import load_config  # noqa: E402
 from course_utils.memory import GPUS, training_memory  # noqa: E402
 from course_utils.plots import draw_memory_bars  # noqa: E402
-from course_utils.widgets import MemoryCalculator  # noqa: E402
+from course_utils.widgets import LoraCalculator, MemoryCalculator  # noqa: E402
+
+RAW_WIDGET_REPR = re.compile(r"\b(HBox|VBox|Box|Dropdown|Output|HTML|Checkbox|SelectMultiple|interactive)\(")
 
 
 def drawn_total_gb(fig) -> float:
@@ -87,3 +92,62 @@ def test_a_rank_too_big_for_the_model_is_a_sentence_in_the_box():
     assert calc.estimate is None and "rank 256 &gt;= min(in, out) = 192 of k_proj" in calc.verdict_box.value
     calc.widgets["rank"].value = 64
     assert calc.estimate.settings["rank"] == 64 and "rank" not in calc.verdict_box.value.split("<br>")[0]
+
+
+def test_no_target_leaves_no_stale_chart():
+    calc = MemoryCalculator(method="lora")
+    assert calc.figure is not None and calc.mimebundle()[0].get("image/png")
+    calc.widgets["targets"].value = ()
+    assert calc.figure is None and calc.estimate is None and "image/png" not in calc.mimebundle()[0]
+
+
+def test_calculators_carry_the_classes_the_browser_test_looks_for():
+    for calc in (MemoryCalculator(), LoraCalculator(*_lora_configs())):
+        assert "course-calculator" in calc.box()._dom_classes
+        assert "course-chart" in calc.output._dom_classes and "course-verdict" in calc.verdict_box._dom_classes
+
+
+def test_saved_output_is_a_sentence_and_a_picture_not_a_widget_repr():
+    calc = MemoryCalculator(model="llama-3.1-8b", method="qlora")
+    data, metadata = calc.mimebundle()
+    assert data["text/plain"].startswith("An interactive calculator") and calc.verdict in data["text/plain"]
+    assert not RAW_WIDGET_REPR.search(data["text/plain"])
+    assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == calc.box().model_id
+    png = base64.b64decode(data["image/png"])
+    assert png.startswith(b"\x89PNG")
+    width = int.from_bytes(png[16:20], "big")  # drawn at twice the size it is shown at: sharp on a projector
+    assert width // 2 == metadata["image/png"]["width"]
+
+
+def test_gpu_labels_on_the_405b_do_not_pile_up():
+    calc = MemoryCalculator(model="llama-3.1-405b", method="full")
+    ax = calc.figure.axes[0]
+    labels = [t for t in ax.texts if "GB:" in t.get_text()]
+    top = ax.get_ylim()[1]
+    heights = sorted(t.get_position()[1] for t in labels)
+    assert all(b - a >= 0.05 * top for a, b in zip(heights, heights[1:])), [t.get_text() for t in labels]
+    named = " ".join(t.get_text() for t in labels)
+    assert all(gpu in named for gpu in GPUS), named  # every GPU still named, in a shared label
+
+
+def _lora_configs():
+    from course_utils.params import count_params
+    configs = {"8B": load_config("llama-3.1-8b"), "70B": load_config("llama-3.1-70b")}
+    return configs, {k: count_params(c) for k, c in configs.items()}
+
+
+def test_lora_calculator_recomputes_from_its_knobs():
+    from course_utils.lora import lora_params
+    configs, bases = _lora_configs()
+    calc = LoraCalculator(configs, bases, model="8B", rank=32, targets=("q_proj", "v_proj"))
+    assert calc.summary["trainable"] == lora_params(configs["8B"], 32, ["q_proj", "v_proj"])
+    calc.widgets["rank"].value = 64
+    assert calc.summary["trainable"] == lora_params(configs["8B"], 64, ["q_proj", "v_proj"])
+    calc.widgets["model"].value = "70B"
+    assert "70B" in calc.figure.axes[0].get_title() and "70B" in calc.verdict
+    calc.boxes["gate_proj"].value = True
+    assert len(calc.figure.axes[0].patches) == 3
+    assert f"{calc.summary['trainable']:,}" in calc.verdict_box.value
+    for box in calc.boxes.values():
+        box.value = False
+    assert calc.figure is None and "Tick at least one" in calc.verdict_box.value
