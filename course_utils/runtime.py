@@ -8,6 +8,8 @@ Profiles (one code path, different model ids):
            bf16 on compute capability 8.0 and newer).
 `PROFILE = "auto"` in a notebook picks from what is there; any other value, or the COURSE_PROFILE environment
 variable, overrides the choice. A choice the runtime cannot serve falls back with a sentence, never a traceback.
+Only the notebook that trains the 8B downloads its weights; the others ask `choose_profile(PROFILE, small_model=True)`
+and show the 8B on the meta device (SmolLM2 runs on the GPU there when there is one).
 """
 
 from __future__ import annotations
@@ -225,8 +227,17 @@ def _gpu(env: Environment, reason: str) -> Profile:
     return Profile("gpu", gpu_model_id(), "cuda", True, dtype, reason)
 
 
-def choose_profile(requested: str = "auto", env: Environment | None = None) -> Profile:
-    """Pick a profile from what the runtime has. `requested` (the notebook's PROFILE) beats $COURSE_PROFILE."""
+NO_HUB = "the Hugging Face Hub can't be reached, so the course uses the model and data shipped in the repo."
+SMALL_MODEL_ONLY = ("this notebook runs real weights on a small model only (it shows the 8B on the meta device; "
+                    "notebook 06 downloads the 8B's weights)")
+
+
+def choose_profile(requested: str = "auto", env: Environment | None = None, small_model: bool = False) -> Profile:
+    """Pick a profile from what the runtime has. `requested` (the notebook's PROFILE) beats $COURSE_PROFILE.
+
+    `small_model=True`: the notebook never needs the 8B's weights, so "auto" and "gpu" get the cpu profile
+    (SmolLM2-135M-Instruct, on the GPU when there is one) or, without the Hub for "auto", the offline profile.
+    """
     requested = str(requested or "auto").strip().lower()  # " Offline " reads as "offline"
     asked, source = "you asked for it", ""
     from_env = os.environ.get(PROFILE_ENV, "").strip().lower()
@@ -241,8 +252,13 @@ def choose_profile(requested: str = "auto", env: Environment | None = None) -> P
     if requested == "offline":
         return _offline(f"{asked}: the course's own model and data, no GPU or Hub needed.")
     env = env or detect()
+    if small_model and requested in ("auto", "gpu"):
+        if requested == "auto" and not env.hub:
+            return _offline(NO_HUB)
+        asked = SMALL_MODEL_ONLY if requested == "auto" else f"the gpu profile was asked for{source}, but {SMALL_MODEL_ONLY}"
+        requested = "cpu"
 
-    gpu_problem = _gpu_problem(env)
+    gpu_problem = _gpu_problem(env) if requested in ("auto", "gpu") else None
     if requested == "gpu":
         if gpu_problem is None:
             return _gpu(env, f"{asked}, and {env.gpu.name} with access to {display_path(gpu_model_id())} is here.")
@@ -257,7 +273,7 @@ def choose_profile(requested: str = "auto", env: Environment | None = None) -> P
     if gpu_problem is None and _local_folder(gpu_model_id()):  # a local stand-in for the 8B needs no Hub
         return _gpu(env, f"{env.gpu.name} and the local model {display_path(gpu_model_id())} are here.")
     if not env.hub:
-        return _offline("the Hugging Face Hub can't be reached, so the course uses the model and data shipped in the repo.")
+        return _offline(NO_HUB)
     if gpu_problem is None:
         return _gpu(env, f"{env.gpu.name} ({env.gpu.memory_gb:.0f} GB) and access to {gpu_model_id()} are here.")
     return _cpu(env, f"the Hub is reachable but {gpu_problem}, so the small ungated {CPU_MODEL_ID} is used.")

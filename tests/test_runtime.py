@@ -268,3 +268,54 @@ def test_a_model_folder_without_tokenizer_json_says_so(tmp_path):
     profile.model_id = str(tmp_path)
     with pytest.raises(FileNotFoundError, match="has no tokenizer.json. Run `python scripts/pretrain_course_model.py`"):
         runtime.load_model(profile)
+
+
+def _never_asks_the_hub_about_the_8b(model_id):
+    raise AssertionError(f"asked the Hub about {model_id}")
+
+
+@pytest.mark.parametrize("asked", ["auto", "gpu"], ids=["auto", "asked-for-gpu"])  # "gpu" alone marks a GPU test
+def test_a_small_model_notebook_on_a_t4_with_a_token_gets_smollm2_on_the_gpu(asked, monkeypatch):
+    """Notebooks 02, 04 and 05 show the 8B on the meta device: never its 16 GB download, even with a token."""
+    monkeypatch.setattr(runtime, "has_access", _never_asks_the_hub_about_the_8b)
+    env = Environment(colab=True, gpu=T4, hub=True, token=True)
+    p = choose_profile(asked, env, small_model=True)
+    assert (p.name, p.model_id, p.device, p.load_in_4bit, p.compute_dtype) == (
+        "cpu", runtime.CPU_MODEL_ID, "cuda", False, torch.float16)
+    assert "meta device" in p.reason and ("gpu profile was asked for" in p.reason) == (asked == "gpu")
+    monkeypatch.setattr(runtime, "has_access", lambda model_id: (True, ""))
+    assert choose_profile(asked, env).model_id == runtime.GPU_MODEL_ID  # notebook 06 still trains the 8B
+
+
+def test_a_small_model_notebook_without_the_hub_or_with_a_local_8b(monkeypatch):
+    monkeypatch.setattr(runtime.real_model, "problem", lambda: None)
+    monkeypatch.setenv("COURSE_CACHE", "/somewhere/cache")
+    no_hub = Environment(colab=False, gpu=T4, hub=False, token=False)
+    assert choose_profile("auto", no_hub, small_model=True).name == "offline"  # as without a GPU
+    asked = choose_profile("gpu", no_hub, small_model=True)
+    assert asked.model_id == "/somewhere/cache/smollm2-135m-instruct" and asked.device == "cuda"
+    monkeypatch.setenv(runtime.GPU_MODEL_ENV, str(runtime.assets_dir() / runtime.OFFLINE_MODEL))
+    for requested in ("auto", "gpu"):  # a local stand-in for the 8B is the 8B's business, not these notebooks'
+        assert choose_profile(requested, no_hub, small_model=True).name != "gpu"
+    assert choose_profile("offline", no_hub, small_model=True).name == "offline"
+    assert choose_profile("cpu", Environment(colab=False, gpu=None, hub=True, token=False),
+                          small_model=True).model_id == runtime.CPU_MODEL_ID
+
+
+def test_the_small_model_in_4bit_on_a_gpu_runtime_is_quantized_on_the_gpu(monkeypatch):
+    """What load_model asks transformers for: SmolLM2 with NF4 settings, placed on the GPU (no GPU needed here)."""
+    import transformers
+    calls = {}
+
+    class Loaded(torch.nn.Module):
+        def forward(self):
+            return None
+
+    monkeypatch.setattr(runtime, "four_bit_problem", lambda device: None)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda model_id, **kw: "tokenizer")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda model_id, **kw: calls.update(model_id=model_id, **kw) or Loaded())
+    profile = choose_profile("auto", Environment(colab=True, gpu=T4, hub=True, token=True), small_model=True)
+    runtime.load_model(profile, four_bit=True)
+    assert calls["model_id"] == runtime.CPU_MODEL_ID and calls["device_map"] == "cuda"
+    assert calls["quantization_config"].bnb_4bit_quant_type == "nf4" and calls["dtype"] == torch.float16
