@@ -1,6 +1,7 @@
 """A training loop you can read in one sitting, its presets, and the checkpoints that let a run resume.
 
-The loop in `train` is what every fine-tuning library does underneath:
+The loop in `train` is what every fine-tuning library does underneath (one optimizer step of it is
+`train_step`, which a notebook can call by hand):
 
     for each step:
         for each micro-batch (gradient accumulation):
@@ -192,6 +193,58 @@ class TrainResult:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
+def adapter_settings(model) -> dict:
+    """The LoRA settings of a PEFT model (rank, alpha, targets, dropout, DoRA), as a checkpoint records them."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None:
+        return {}
+    targets = config.target_modules
+    return {"r": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+            "target_modules": targets if isinstance(targets, str) or targets is None else sorted(targets),
+            "use_dora": bool(getattr(config, "use_dora", False))}
+
+
+def make_scaler(model, train_config: TrainConfig):
+    """A GradScaler when the run autocasts to fp16 (whose small gradients would round to 0 without
+    loss scaling), else None (fp32 on a CPU, bf16 on Ampere and newer)."""
+    fp16 = autocast_dtype(model, train_config) == torch.float16
+    return torch.amp.GradScaler("cuda") if fp16 else None
+
+
+def train_step(model, micro_batches: list[dict], optimizer, scheduler, train_config: TrainConfig,
+               scaler=None) -> dict:
+    """One optimizer step, as `train` runs every one of them: forward and backward on each
+    micro-batch (their gradients add up: gradient accumulation), clip, step, zero. The model is in
+    train mode; the optimizer holds the parameters that train. Returns the step's loss (the mean
+    over its micro-batches), its learning rate, the gradient norm before clipping, and the tokens
+    it read (padding excluded)."""
+    device = model_device(model)
+    amp_dtype = autocast_dtype(model, train_config)  # fp16 / bf16 on a GPU, None (fp32) on a CPU
+    loss_sum, tokens = 0.0, 0
+    for batch in micro_batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with _autocast(device, amp_dtype):
+            # forward: the cross-entropy on the answer tokens (labels -100 elsewhere)
+            loss = model(**batch).loss / len(micro_batches)
+        # backward: a gradient for every parameter that requires one (the adapter's)
+        (scaler.scale(loss) if scaler else loss).backward()
+        loss_sum += loss.item()
+        tokens += int(batch["attention_mask"].sum())
+    if scaler:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, train_config.max_grad_norm)  # clip
+    if scaler:
+        scaler.step(optimizer)  # skips the step if a gradient overflowed in fp16
+        scaler.update()
+    else:
+        optimizer.step()  # step: move the adapter against its gradient
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()  # the learning rate of the next step
+    optimizer.zero_grad(set_to_none=True)  # zero: the next step starts from no gradient
+    return {"loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens}
+
+
 def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | None = None,
           resume: bool = True, on_step=None, show_progress: bool = True) -> TrainResult:
     """Train the parameters of `model` that require grad for `train_config.steps` optimizer steps.
@@ -210,8 +263,7 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
         enable_gradient_checkpointing(model)
     optimizer = make_optimizer(params, train_config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train_config))
-    amp_dtype = autocast_dtype(model, train_config)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # fp16 needs loss scaling
+    scaler = make_scaler(model, train_config)
 
     start, history, resumed_from = 0, [], None
     folder = train_config.checkpoint_dir
@@ -219,7 +271,7 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
         print(f"Training without checkpoints: {why}. (Mount Google Drive again, free some space, or set "
               "another folder.)")
         folder = None
-    settings = asdict(train_config)
+    settings = asdict(train_config) | {"adapter": adapter_settings(model)}  # another alpha is other settings
     checkpoint = resume_point(folder, trainable, settings, train_config.steps) if resume else None
     if checkpoint is not None:
         start, history = apply_checkpoint(checkpoint, trainable, optimizer, scheduler, scaler)
@@ -237,27 +289,13 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
                    desc="training", disable=not show_progress)
     t0 = time.perf_counter()
     for step in bar:
-        step_loss, step_tokens = 0.0, 0
-        for micro in range(train_config.grad_accum):
-            batch = {k: v.to(device) for k, v in batches.batch(step * train_config.grad_accum + micro).items()}
-            with _autocast(device, amp_dtype):
-                loss = model(**batch).loss / train_config.grad_accum  # forward
-            (scaler.scale(loss) if scaler else loss).backward()       # backward: grads for the adapter only
-            step_loss += loss.item()
-            step_tokens += int(batch["attention_mask"].sum())
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, train_config.max_grad_norm)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()                                          # update the adapter
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        micro_batches = [batches.batch(step * train_config.grad_accum + micro)
+                         for micro in range(train_config.grad_accum)]
+        done = train_step(model, micro_batches, optimizer, scheduler, train_config, scaler)
+        step_loss, step_tokens = done["loss"], done["tokens"]
+        lr, grad_norm = done["lr"], done["grad_norm"]
 
-        row = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": step_tokens}
+        row = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens": step_tokens}
         history.append(row)
         result.tokens += step_tokens
         result.steps_run += 1
@@ -266,7 +304,7 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
         if plot is not None:
             plot.update(step, step_loss)
         every = train_config.checkpoint_every
-        if folder and every and (step + 1) % every == 0:
+        if folder and every and ((step + 1) % every == 0 or step + 1 == train_config.steps):  # the end, always
             try:
                 save_checkpoint(folder, step + 1, trainable, optimizer, scheduler, scaler,
                                 history, settings, keep=train_config.keep_checkpoints)

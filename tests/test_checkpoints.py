@@ -43,6 +43,30 @@ def test_a_finished_run_is_kept_and_the_next_run_trains_live(task, tmp_path, cap
     assert shorter.steps_run == 2 and (tmp_path / "ckpt-finished-2").is_dir()
 
 
+def test_steps_not_a_multiple_of_checkpoint_every_still_finish(task, tmp_path, capsys):
+    """34 steps saved every 8 (the cpu preset): the last step is saved too, so a rehearsal is seen as finished
+    and the live run trains all its steps, instead of 'resuming' for the last two."""
+    train_config = config(tmp_path, keep_checkpoints=2)
+    train_config = replace(train_config, steps=5, checkpoint_every=2)
+    run(task, train_config)
+    assert checkpoints.latest_checkpoint(train_config.checkpoint_dir).name == "checkpoint-000005"
+    _, live = run(task, train_config)
+    assert live.steps_run == 5 and live.resumed_from is None
+    assert "had already finished (5 of 5 steps)" in capsys.readouterr().out
+
+
+def test_another_alpha_is_other_settings(task, tmp_path, capsys):
+    """Same shapes, another LoRA alpha: resuming would silently mix two scalings, so the run starts over."""
+    train_config = config(tmp_path)
+    with pytest.raises(Disconnect):
+        run(task, train_config, on_step=lambda step, loss: step == 2 and _raise())
+    model = tiny_lora_model(task[1])
+    model.peft_config["default"].lora_alpha *= 2
+    result = training.train(model, batches_for(task), train_config, show_progress=False)
+    assert result.resumed_from is None and result.steps_run == 4
+    assert "lora_alpha" in capsys.readouterr().out and (tmp_path / "ckpt-other-settings-1").is_dir()
+
+
 @pytest.mark.parametrize("damage", ["truncated weights", "truncated state", "deleted weights"])
 def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(task, tmp_path, capsys, damage):
     train_config = config(tmp_path, keep_checkpoints=3)

@@ -142,7 +142,7 @@ def test_resume_after_an_interruption_ends_with_the_same_adapter(task, tmp_path)
         torch.testing.assert_close(final[name], expected[name], atol=1e-6, rtol=0)
     assert [round(r["loss"], 5) for r in result.history] == [round(r["loss"], 5) for r in ref_result.history]
     kept = [p.name for p in checkpoints.list_checkpoints(train_config.checkpoint_dir)]
-    assert kept == ["checkpoint-000006", "checkpoint-000009"]
+    assert kept == ["checkpoint-000009", "checkpoint-000010"]  # the last step is always saved
 
 
 def test_checkpoint_is_the_adapter_only_and_partial_writes_are_ignored(task, tmp_path):
@@ -379,3 +379,51 @@ def test_checkpointing_is_never_the_reentrant_kind(recwarn):
     assert calls, "notebook 06 lets PEFT turn checkpointing on (the preset decides)"
     for name, call in calls:
         assert '"use_reentrant": False' in call, f"{name}: {call}"
+
+
+def test_train_runs_its_loop_through_train_step(task, monkeypatch):
+    """Notebook 06 shows `training.train_step` as the loop's body: `train` must call it, once per optimizer step,
+    with the step's micro-batches (grad_accum of them), and use what it returns."""
+    calls = []
+    real_step = training.train_step
+
+    def counting(model, micro_batches, *args, **kwargs):
+        calls.append(len(micro_batches))
+        return real_step(model, micro_batches, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", counting)
+    model = tiny_lora_model(task[1], dropout=0.0)
+    result = training.train(model, batches_for(task, 4), training.TrainConfig(steps=3, batch_size=4, grad_accum=2),
+                            show_progress=False)
+    assert calls == [2, 2, 2] and result.steps_run == 3
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the loop ran train_step")
+
+    monkeypatch.setattr(training, "train_step", broken)
+    with pytest.raises(RuntimeError, match="the loop ran train_step"):
+        training.train(tiny_lora_model(task[1]), batches_for(task), training.TrainConfig(steps=1), show_progress=False)
+
+
+def test_one_train_step_changes_the_adapter_only_and_lowers_the_loss(task):
+    model = tiny_lora_model(task[1], dropout=0.0)
+    config = training.TrainConfig(steps=5, lr=1e-2, warmup_steps=1)
+    params = list(training.trainable_parameters(model).values())
+    optimizer = training.make_optimizer(params, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: training.lr_factor(s, config))
+    batch = batches_for(task).batch(0)
+    with torch.no_grad():
+        loss_before = model(**batch).loss.item()
+    base_before, adapter_before = base_checksum(model), adapter_state(model)
+    model.train()
+    done = training.train_step(model, [batch], optimizer, scheduler, config)
+    assert done["loss"] == pytest.approx(loss_before, rel=1e-5)  # the forward pass before the step (no dropout)
+    assert done["lr"] == pytest.approx(1e-2) and done["grad_norm"] > 0
+    assert done["tokens"] == int(batch["attention_mask"].sum())
+    assert base_checksum(model) == base_before  # the frozen base: bit for bit the same
+    after = adapter_state(model)
+    assert any(not torch.equal(after[k], adapter_before[k]) for k in after if "lora_B" in k)  # B moved off 0
+    assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none=True) ran
+    assert scheduler.last_epoch == 1  # the scheduler stepped once
+    with torch.no_grad():
+        assert model(**batch).loss.item() < loss_before
