@@ -17,7 +17,8 @@ transformers store it (checked against real loads in tests/test_memory.py):
 LoRA and QLoRA, and says which GPUs the total fits. course_utils.footprint measures the same on a real model.
 With `prepared=True` (QLoRA after `prepare_model_for_kbit_training`, under fp16/bf16 autocast, as notebook 06
 trains) it also counts fp32 embeddings, norms, lm_head and residual stream, and autocast's 16-bit copies of
-lm_head and the adapters (held to a measurement in tests/test_saved_tensors.py).
+lm_head and the adapters (held to a measurement in tests/test_saved_tensors.py). The activation model itself
+is course_utils.activations; `suggest` says what to change when a run does not fit a GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 from transformers import LlamaConfig
 
+from course_utils.activations import METHODS, activation_bytes, autocast_copy_bytes
 from course_utils.lora import COURSE_RANK, lora_shapes, target_kinds
 from course_utils.params import LINEAR_KINDS, head_dim, linear_shapes, param_breakdown
 from course_utils.quantization import DOUBLE_QUANT_BLOCK_SIZE, NF4_BLOCK_SIZE
@@ -40,7 +42,6 @@ CODE_4BIT_ENTRIES = 16  # the float32 NF4 code table every 4-bit layer carries
 GPUS: dict[str, float] = {"T4": 15, "L4": 24, "A100 40GB": 40, "A100 80GB": 80, "H100": 80}
 HEADROOM = 0.02  # fraction of a GPU kept free for the CUDA context and the allocator's fragmentation (assumed)
 
-METHODS = ("full", "full-mixed", "lora", "qlora")
 # The optimizers the course trains with, by the names transformers' Trainer uses (`optim=`): torch's AdamW, and
 # bitsandbytes' 8-bit AdamW, plain or paged (the same bytes: paging moves them to CPU memory when the GPU is full).
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
@@ -126,86 +127,6 @@ def optimizer_bytes(tensor_sizes: list[int], optimizer: str = "adamw", state_byt
         else:
             total += 2 * (n + 4 * math.ceil(n / 256))
     return total
-
-
-def activation_bytes(config: LlamaConfig, batch_size: int, seq_len: int, method: str = "lora",
-                     targets=("q_proj", "v_proj"), rank: int = 8, gradient_checkpointing: bool = False,
-                     compute_bytes: int = 2, adapter_bytes: int = 4, prepared: bool = False,
-                     lora_dropout: float = 0.0) -> dict[str, int]:
-    """Activation memory of one training step, by part, from the tensors autograd keeps for the backward pass.
-
-    Per token, with d = hidden, q = heads x head_dim, kv = KV heads x head_dim, f = MLP size, V = vocabulary,
-    a = bytes of the compute dtype, in one decoder layer of a model computing in that dtype:
-    - each RMSNorm keeps its input upcast to float32 and 1/rms (4d + 4); with a trainable scale also the
-      normalized input (a d); its output (a d) is kept when a trainable Linear reads it;
-    - attention (SDPA with a flash-style kernel) keeps q, k, v after RoPE, its output (a (2q + 2kv); o_proj
-      reads that output in place) and a float32 log-sum-exp per head (4 heads);
-    - the MLP keeps gate, SiLU(gate) and up (3 a f), and their product (a f) when down_proj is trainable;
-    - a LoRA target whose adapter dtype differs from the compute dtype (or that has dropout) keeps its own copy
-      of its input in the adapter dtype (adapter_bytes x in; else it shares the input above), and A's output
-      (adapter_bytes x rank). LoRA dropout (`lora_dropout` > 0) adds its mask: 1 byte per input value on a GPU.
-    With `prepared` (QLoRA after `prepare_model_for_kbit_training`, under autocast to the compute dtype) the
-    embeddings, so the residual stream, are float32 and each 4-bit Linear returns its input's dtype: each RMSNorm
-    keeps 4d + 4 (its scale is frozen), attention the same as above (SDPA runs under autocast), the MLP gate, up
-    and SiLU(gate) in float32 (3 x 4f), every LoRA target autocast's copy of its input (a x in), A's output
-    (a x rank) and the dropout mask; autocast's copies of weights are `autocast_copy_bytes`.
-    With gradient checkpointing only each layer's input is kept (a d; 4d when prepared), and one layer is
-    recomputed at a time. After the layers: the final norm, and the float32 log-softmax of the loss (4 V).
-    While the backward pass starts, the logits (a V, held by the model's output) and one float32 gradient of
-    them (4 V) are alive too; QLoRA also dequantizes one weight matrix at a time to the compute dtype.
-    """
-    method = check_choice(method, METHODS, "method")
-    if prepared and method != "qlora":
-        raise ValueError("prepared=True describes QLoRA after prepare_model_for_kbit_training: use method='qlora'.")
-    tokens = batch_size * seq_len
-    d, f, V = config.hidden_size, config.intermediate_size, config.vocab_size
-    e = head_dim(config)
-    q, kv, h = config.num_attention_heads * e, config.num_key_value_heads * e, config.num_attention_heads
-    a = compute_bytes
-    full = method in ("full", "full-mixed")
-    trained = set(LINEAR_KINDS) if full else set(target_kinds(targets))
-    shapes = linear_shapes(config)
-    mask = 1 if lora_dropout > 0 and not full else 0  # torch's native_dropout keeps a bool mask (CUDA)
-    copies = not full and (adapter_bytes != a or mask > 0)  # PEFT casts each input; dropout makes a new one
-
-    def norm(read_by: set[str]) -> int:
-        reads = bool(trained & read_by) and not copies
-        return 4 * d + 4 + (a * d if full else 0) + (a * d if reads else 0)
-
-    if prepared:
-        layer = 2 * (4 * d + 4) + a * (2 * q + 2 * kv) + 4 * h + 3 * 4 * f
-        layer += sum((a + mask) * shapes[k][0] + a * rank for k in trained)
-        checkpoint, rest = 4 * d, tokens * (4 * d + 4 + 4 * V) + seq_len * 2 * 4 * e  # cos/sin: float32, per position
-    else:
-        layer = norm({"q_proj", "k_proj", "v_proj"}) + norm({"gate_proj", "up_proj"})
-        layer += a * (2 * q + 2 * kv) + 4 * h
-        layer += 3 * a * f + (a * f if "down_proj" in trained and not copies else 0)
-        if not full:
-            layer += sum((adapter_bytes * shapes[k][0] + mask * shapes[k][0] if copies else 0) + adapter_bytes * rank
-                         for k in trained)
-        checkpoint, rest = a * d, tokens * (2 * a * e + norm(set()) + 4 * V)
-    if gradient_checkpointing:
-        out = {"layer inputs (checkpoints)": tokens * config.num_hidden_layers * checkpoint,
-               "one recomputed layer": tokens * layer}
-    else:
-        out = {"decoder layers": tokens * config.num_hidden_layers * layer}
-    out["rotary cos/sin, final norm, loss"] = rest
-    out["logits and their gradient"] = tokens * (a + 4) * V
-    if method == "qlora":
-        out["one dequantized weight"] = a * max(i * o for i, o in shapes.values())
-    return out
-
-
-def autocast_copy_bytes(config: LlamaConfig, targets=("q_proj", "v_proj"), rank: int = 8,
-                        gradient_checkpointing: bool = False, compute_bytes: int = 2) -> dict[str, int]:
-    """The 16-bit copies of float32 weights that autocast makes for `F.linear` and the backward pass keeps (to send
-    the gradient on to the layer's input), by part: lm_head, float32 once prepared (V x d x compute_bytes: 1.05 GB
-    on the 8B), and the LoRA matrices, every layer's without checkpointing, the recomputed layer's with it.
-    """
-    per_layer = sum(r * c for r, c in lora_shapes(config, rank, targets)) // config.num_hidden_layers
-    layers = 1 if gradient_checkpointing else config.num_hidden_layers
-    return {"lm_head (16-bit copy)": compute_bytes * config.vocab_size * config.hidden_size,
-            "LoRA matrices (16-bit copies)": compute_bytes * per_layer * layers}
 
 
 @dataclass
@@ -371,8 +292,17 @@ def suggest(estimate: TrainingMemory, gpu: str = "T4") -> str:
     steps, settings = found
     if not steps:
         return ""
-    total = training_memory(estimate.config, **settings).total
-    return f"To fit on the {gpu}: " + "; ".join(steps) + f" (about {total / 1e9:.1f} GB)."
+    fitted = training_memory(estimate.config, **settings)
+    adapter = f" with {describe_adapter(fitted.settings)}" if fitted.method in ("lora", "qlora") else ""
+    return f"To fit on the {gpu}: " + "; ".join(steps) + f"; about {fitted.total / 1e9:.1f} GB{adapter}."
+
+
+def describe_adapter(settings: dict) -> str:
+    """The adapters of a LoRA or QLoRA estimate's settings in words: "LoRA r=16 on q_proj, v_proj"."""
+    targets = tuple(settings["targets"])
+    where = (f"all seven linear modules ({', '.join(LINEAR_KINDS)})" if set(targets) == set(LINEAR_KINDS)
+             else ", ".join(targets))
+    return f"LoRA r={settings['rank']} on {where}"
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -385,16 +315,21 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     raise ValueError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
 
 
+def preset_settings(train_config, rank: int = COURSE_RANK, targets: tuple[str, ...] | None = None,
+                    prepared: bool = True) -> dict:
+    """The `training_memory` keyword arguments of QLoRA training with a `training.TrainConfig` preset.
+
+    The preset's batch size, sequence length, checkpointing, optimizer, compute dtype, LoRA targets (unless
+    `targets` is given) and dropout, and `prepared` (notebook 06 and benchmarks/train_gpu.py run
+    `prepare_model_for_kbit_training`, then train under autocast).
+    """
+    return dict(method="qlora", rank=rank, targets=tuple(train_config.lora_targets if targets is None else targets),
+                batch_size=train_config.batch_size, seq_len=train_config.max_length, optimizer=train_config.optimizer,
+                gradient_checkpointing=train_config.gradient_checkpointing, lora_dropout=train_config.lora_dropout,
+                compute_dtype="bf16" if train_config.mixed_precision == "bf16" else "fp16", prepared=prepared)
+
+
 def preset_memory(config: LlamaConfig, train_config, rank: int = COURSE_RANK,
                   targets: tuple[str, ...] | None = None, prepared: bool = True) -> TrainingMemory:
-    """The estimated peak memory of QLoRA training with a `training.TrainConfig` preset (bytes by part).
-
-    It is `training_memory` with the preset's batch size, sequence length, checkpointing, optimizer, compute
-    dtype, LoRA targets (unless `targets` is given) and dropout, and `prepared` (notebook 06 and
-    benchmarks/train_gpu.py run `prepare_model_for_kbit_training`, then train under autocast).
-    """
-    return training_memory(
-        config, "qlora", rank=rank, targets=train_config.lora_targets if targets is None else targets,
-        batch_size=train_config.batch_size, seq_len=train_config.max_length, optimizer=train_config.optimizer,
-        gradient_checkpointing=train_config.gradient_checkpointing, lora_dropout=train_config.lora_dropout,
-        compute_dtype="bf16" if train_config.mixed_precision == "bf16" else "fp16", prepared=prepared)
+    """The estimated peak memory of QLoRA training with a `training.TrainConfig` preset (bytes by part)."""
+    return training_memory(config, **preset_settings(train_config, rank, targets, prepared))

@@ -3,9 +3,10 @@
 Works with ipywidgets 7.7.1 (Colab) and 8.x: only Dropdown, SelectMultiple, SelectionSlider, Checkbox, HTML,
 Output, HBox and VBox are used, each observed through `observe(..., names="value")`.
 
-- `MemoryCalculator` (notebook 02): model, method, precision, LoRA rank and targets, batch size, sequence length,
-  gradient checkpointing and optimizer -> a stacked bar of the training memory against the GPUs, the verdict
-  and a suggestion.
+- `MemoryCalculator` (notebook 02): model, method, precision, LoRA rank, targets and dropout, QLoRA's k-bit
+  preparation, batch size, sequence length, gradient checkpointing and optimizer -> a stacked bar of the training
+  memory against the GPUs, the verdict and a suggestion. `MemoryCalculator.from_preset(model, PRESETS["t4"])`
+  starts from a `training.TrainConfig` preset, exactly as `memory.preset_memory` estimates it.
 - `LoraCalculator` (notebook 04): model, rank, target modules, adapter precision -> trainable parameters, share,
   adapter size and a bar per target module.
 
@@ -25,7 +26,8 @@ from transformers import LlamaConfig
 
 from course_utils.configs import known_names, load_config
 from course_utils.lora import lora_params, lora_summary
-from course_utils.memory import GPUS, HEADROOM, METHODS, OPTIMIZERS, TrainingMemory, check_choice, training_memory
+from course_utils.memory import (GPUS, HEADROOM, METHODS, OPTIMIZERS, TrainingMemory, check_choice, preset_settings,
+                                 training_memory)
 from course_utils.params import LINEAR_KINDS
 from course_utils.plots import draw_memory_bars, sharp_png
 
@@ -34,6 +36,7 @@ METHOD_LABELS = {"full": "full fine-tuning, fp32", "full-mixed": "full fine-tuni
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 KNOB_WIDTH = "330px"  # wide enough for the longest option ("full fine-tuning, mixed precision")
 DESCRIPTION_WIDTH = "120px"
+DROPOUTS = (0.0, 0.05, 0.1)
 
 
 def _check_rank(rank) -> int:
@@ -107,11 +110,13 @@ class MemoryCalculator(_Calculator):
 
     def __init__(self, model: str = "llama-3.1-8b", method: str = "qlora", precision: str = "bf16", rank: int = 16,
                  targets=("q_proj", "k_proj", "v_proj", "o_proj"), batch_size: int = 1, seq_len: int = 1024,
-                 gradient_checkpointing: bool = True, optimizer: str = "adamw", gpu: str = "T4"):
+                 gradient_checkpointing: bool = True, optimizer: str = "adamw", gpu: str = "T4",
+                 lora_dropout: float = 0.0, prepared: bool = False):
         import ipywidgets as w
 
         super().__init__()
         rank = _check_rank(rank)
+        optimizer = check_choice(optimizer, OPTIMIZERS, "optimizer")
         ranks = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, rank})  # any rank asked for joins the dropdown
         model = check_choice(model, tuple(known_names()), "model")  # in any case: "Llama-3.1-8B", "BF16", "t4"
         precision = check_choice(precision, ("bf16", "fp16"), "precision")
@@ -126,9 +131,14 @@ class MemoryCalculator(_Calculator):
             "rank": w.Dropdown(options=ranks, value=rank, description="LoRA rank r", **knob),
             "targets": w.SelectMultiple(options=list(LINEAR_KINDS), value=tuple(targets), rows=7,
                                         description="LoRA targets", **knob),
-            "batch_size": w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64], value=batch_size, description="batch size",
-                                     **knob),
-            "seq_len": w.Dropdown(options=[128, 256, 512, 1024, 2048, 4096, 8192], value=seq_len,
+            "lora_dropout": w.Dropdown(options=sorted({*DROPOUTS, lora_dropout}), value=lora_dropout,
+                                       description="LoRA dropout", **knob),
+            # prepare_model_for_kbit_training: fp32 embeddings, norms and lm_head, training under autocast
+            "prepared": w.Checkbox(value=prepared, description="QLoRA: prepared for k-bit training", indent=False,
+                                   layout=w.Layout(width=KNOB_WIDTH)),
+            "batch_size": w.Dropdown(options=sorted({1, 2, 4, 8, 16, 32, 64, batch_size}), value=batch_size,
+                                     description="batch size", **knob),
+            "seq_len": w.Dropdown(options=sorted({128, 256, 512, 1024, 2048, 4096, 8192, seq_len}), value=seq_len,
                                   description="sequence length", **knob),
             "gradient_checkpointing": w.Checkbox(value=gradient_checkpointing, description="gradient checkpointing",
                                                  indent=False, layout=w.Layout(width=KNOB_WIDTH)),
@@ -142,19 +152,35 @@ class MemoryCalculator(_Calculator):
         self._box = None
         self.update()
 
+    @classmethod
+    def from_preset(cls, model: str, train_config, gpu: str = "T4", **overrides) -> MemoryCalculator:
+        """A calculator that starts from a `training.TrainConfig` preset, as `memory.preset_memory` maps it:
+        QLoRA with the course's rank, the preset's targets, dropout, batch size, max_length, checkpointing,
+        optimizer and compute dtype, after prepare_model_for_kbit_training. `overrides` change a knob."""
+        s = preset_settings(train_config)
+        knobs = dict(method=s["method"], precision=s["compute_dtype"], rank=s["rank"], targets=s["targets"],
+                     batch_size=s["batch_size"], seq_len=s["seq_len"], optimizer=s["optimizer"],
+                     gradient_checkpointing=s["gradient_checkpointing"], lora_dropout=s["lora_dropout"],
+                     prepared=s["prepared"])
+        return cls(model=model, gpu=gpu, **(knobs | overrides))
+
     def settings(self) -> dict:
         """The widgets' values as `training_memory` keyword arguments."""
         v = {name: widget.value for name, widget in self.widgets.items()}
+        lora = v["method"] in ("lora", "qlora")
         return dict(method=v["method"], rank=v["rank"], targets=tuple(v["targets"]),
                     batch_size=v["batch_size"], seq_len=v["seq_len"],
                     gradient_checkpointing=v["gradient_checkpointing"], optimizer=v["optimizer"],
-                    compute_dtype=v["precision"])
+                    compute_dtype=v["precision"], lora_dropout=v["lora_dropout"] if lora else 0.0,
+                    prepared=v["prepared"] and v["method"] == "qlora")
 
     def update(self) -> None:
         """Recompute the estimate, redraw the chart and rewrite the verdict from the widgets' values."""
         name, gpu = self.widgets["model"].value, self.widgets["gpu"].value
         lora = self.widgets["method"].value in ("lora", "qlora")
         self.widgets["rank"].disabled = self.widgets["targets"].disabled = not lora
+        self.widgets["lora_dropout"].disabled = not lora
+        self.widgets["prepared"].disabled = self.widgets["method"].value != "qlora"  # QLoRA only
         self.widgets["precision"].disabled = self.widgets["method"].value == "full"  # plain fp32 training
         if lora and not self.widgets["targets"].value:
             self.estimate, self.verdict, self.suggestion = None, "", ""
