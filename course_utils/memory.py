@@ -169,11 +169,16 @@ class TrainingMemory:
         """One sentence: the total and which GPUs it fits."""
         fits = self.fitting_gpus()
         where = f"fits on {', '.join(fits)}" if fits else "fits on none of " + ", ".join(GPUS)
-        return f"About {self.total / 1e9:.1f} GB in total; {where} (keeping {HEADROOM:.0%} free)."
+        return f"About {readable_bytes(self.total)} in total; {where} (keeping {HEADROOM:.0%} free)."
 
     def suggestion(self, gpu: str = "T4") -> str:
         """What to change so that this run fits `gpu` (empty when it already fits)."""
         return suggest(self, gpu)
+
+
+def readable_bytes(n: float) -> str:
+    """Bytes as GB with one decimal, or as MB below 1 GB (a small model's run is not "0.0 GB")."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def training_memory(config: LlamaConfig, method: str = "qlora", rank: int = 16, targets=("q_proj", "v_proj"),

@@ -27,15 +27,15 @@ from transformers import LlamaConfig
 from course_utils.configs import known_names, load_config
 from course_utils.lora import lora_params, lora_summary
 from course_utils.memory import (GPUS, HEADROOM, METHODS, OPTIMIZERS, TrainingMemory, check_choice, preset_settings,
-                                 training_memory)
+                                 readable_bytes, training_memory)
 from course_utils.params import LINEAR_KINDS
 from course_utils.plots import draw_memory_bars, sharp_png
 
 METHOD_LABELS = {"full": "full fine-tuning, fp32", "full-mixed": "full fine-tuning, mixed precision",
                  "lora": "LoRA (16-bit base)", "qlora": "QLoRA (NF4 base)"}
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-KNOB_WIDTH = "330px"  # wide enough for the longest option ("full fine-tuning, mixed precision")
-DESCRIPTION_WIDTH = "120px"
+KNOB_WIDTH = "340px"  # wide enough for the longest option ("full fine-tuning, mixed precision")
+DESCRIPTION_WIDTH = "140px"
 DROPOUTS = (0.0, 0.05, 0.1)
 
 
@@ -194,7 +194,7 @@ class MemoryCalculator(_Calculator):
             return
         self.verdict = self.estimate.verdict()
         self.suggestion = self.estimate.suggestion(gpu)
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        fig, ax = plt.subplots(figsize=(5.8, 4.0))  # 580 px: beside the knobs within a 960-px notebook
         draw_memory_bars({METHOD_LABELS[self.estimate.method]: self.estimate}, ax=ax,
                          title=f"{name}: training memory by part")
         self._draw(fig)
@@ -206,13 +206,13 @@ class MemoryCalculator(_Calculator):
 
     def parts_text(self) -> str:
         """The estimate's parts in GB, one line."""
-        return " · ".join(f"{k} {v / 1e9:.2f} GB" for k, v in self.estimate.parts().items())
+        return " · ".join(f"{k} {readable_bytes(v)}" for k, v in self.estimate.parts().items())
 
     def box(self):
         import ipywidgets as w
         if self._box is None:
-            knobs = w.VBox(list(self.widgets.values()), layout=w.Layout(flex="0 0 auto", width="345px"))
-            right = w.VBox([self.output, self.verdict_box], layout=w.Layout(flex="1 1 auto", width="660px"))
+            knobs = w.VBox(list(self.widgets.values()), layout=w.Layout(flex="0 0 auto", width="355px"))
+            right = w.VBox([self.output, self.verdict_box], layout=w.Layout(flex="1 1 auto", width="590px"))
             self._box = w.HBox([knobs, right])
             self._box.add_class("course-calculator")
         return self._box
@@ -238,7 +238,7 @@ class LoraCalculator(_Calculator):
             "model": w.Dropdown(options=list(configs), value=model, description="model",
                                 layout=w.Layout(width="180px")),
             "rank": w.SelectionSlider(options=sorted({*ranks, rank}), value=rank, description="rank r",
-                                      layout=w.Layout(width="330px")),
+                                      layout=w.Layout(width="300px")),
             "bytes_per_param": w.Dropdown(options=[("fp32 (PEFT's default)", 4), ("bf16", 2)],
                                           value=bytes_per_param, description="adapter in",
                                           layout=w.Layout(width="260px")),
@@ -285,6 +285,6 @@ class LoraCalculator(_Calculator):
         if self._box is None:
             ticks = list(self.boxes.values())
             self._box = w.VBox([w.HBox(list(self.widgets.values())), w.HBox(ticks[:4]), w.HBox(ticks[4:]),
-                                self.output, self.verdict_box], layout=w.Layout(width="760px"))
+                                self.output, self.verdict_box])
             self._box.add_class("course-calculator")
         return self._box

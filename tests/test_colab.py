@@ -130,6 +130,7 @@ def profiles_loaded(path: Path, asked: str) -> dict[str, runtime.Profile]:
     code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     profile_cell = next(src for src in code if "choose_profile(PROFILE" in src)
     namespace: dict = {}
+    profile_cell = "\n".join(line for line in profile_cell.splitlines() if not line.startswith("%"))  # IPython magics
     exec(profile_cell.replace('PROFILE = "auto"', f"PROFILE = {asked!r}", 1), namespace)
     for src in code:
         for line, name, value in re.findall(r"^((\w+) = (.+))$", src, re.MULTILINE):

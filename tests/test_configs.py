@@ -86,3 +86,16 @@ def test_a_folder_without_config_json_says_so(tmp_path):
         load_config(str(tmp_path))
     load_config("smollm2-135m").save_pretrained(tmp_path)
     assert load_config(tmp_path).hidden_size == 576  # a Path works too
+
+
+def test_the_course_models_comment_agrees_with_its_config():
+    """The shipped model's config.json says in words what its numbers say (8 query heads, 4 KV heads)."""
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    shipped = json.loads((root / "assets/course-llama/config.json").read_text())
+    source = json.loads((root / "course_utils/model_configs/course-llama.json").read_text())
+    assert shipped["_comment"] == source["_comment"]
+    words = {1: "One", 2: "Two", 4: "Four", 8: "Eight", 16: "Sixteen"}
+    assert f"{words[shipped['num_attention_heads']]} query heads share " \
+           f"{words[shipped['num_key_value_heads']].lower()} key/value heads" in shipped["_comment"]

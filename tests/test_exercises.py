@@ -27,6 +27,19 @@ def assert_right(capsys, checker, answer):
     assert ok is True and out.startswith("✅"), out
 
 
+# Answers of every type a checker should turn away with a sentence.
+ODD = ["abc", 2.5, torch.tensor([1.0, 2.0]), [[1], "x"], {"a": 1}, True, 7]
+
+
+def assert_wrong_words(capsys, checker, answer, *secret):
+    """A wrong answer fails with a hint that gives none of `secret` away; returns the line."""
+    ok, out = verdict(capsys, checker, answer)
+    assert ok is False and out.startswith("❌ Not yet."), out
+    for word in secret:
+        assert word not in out, f"the hint gives {word!r} away: {out}"
+    return out
+
+
 def assert_wrong(capsys, checker, answer, right):
     ok, out = verdict(capsys, checker, answer)
     assert ok is False and out.startswith("❌"), out
@@ -89,21 +102,28 @@ def test_a_non_number_is_wrong_not_an_error(capsys, checker):
 
 
 def _checkers():
-    """Every checker of notebooks 01 to 06, each taking one answer."""
-    from course_utils.exercises import nb02, nb03, nb04, nb05, nb06
-    return {
-        "nb01.check_layers": nb01.check_layers, "nb01.check_kv_heads_share": nb01.check_kv_heads_share,
-        "nb01.check_k_proj_shape": nb01.check_k_proj_shape, "nb01.check_mlp_params": nb01.check_mlp_params,
-        "nb02.check_layer_params": nb02.check_layer_params, "nb02.check_nf4_gb": nb02.check_nf4_gb,
-        "nb02.check_lora_params": nb02.check_lora_params, "nb03.check_down_proj_count": nb03.check_down_proj_count,
-        "nb03.check_break_even_rank": nb03.check_break_even_rank, "nb03.check_lora_forward": nb03.check_lora_forward,
-        "nb04.check_70b_all_linear": nb04.check_70b_all_linear, "nb04.check_mlp_targets": nb04.check_mlp_targets,
-        "nb04.check_adapter_megabytes": nb04.check_adapter_megabytes, "nb05.check_int8_block": nb05.check_int8_block,
-        "nb05.check_nf4_index": nb05.check_nf4_index,
-        "nb05.check_70b_nf4_bytes": lambda answer: nb05.check_70b_nf4_bytes(answer, answer),
-        "nb06.check_trainable": nb06.check_trainable, "nb06.check_label_mask": nb06.check_label_mask,
-        "nb06.check_effective_batch": nb06.check_effective_batch, "nb06.check_lora_params_8b": nb06.check_lora_params_8b,
-    }
+    """Every checker of notebooks 01 to 06 (each `check_*` function of course_utils.exercises.nbNN), each taking
+    one answer: a checker of two answers (a guess and a measurement) gets the same answer twice."""
+    import importlib
+    import inspect
+    found = {}
+    for number in range(1, 7):
+        module = importlib.import_module(f"course_utils.exercises.nb{number:02d}")
+        for name, checker in inspect.getmembers(module, inspect.isfunction):
+            if not name.startswith("check_") or checker.__module__ != module.__name__:
+                continue
+            required = [p for p in inspect.signature(checker).parameters.values() if p.default is p.empty]
+            found[f"nb{number:02d}.{name}"] = checker if len(required) <= 1 else (
+                lambda answer, checker=checker, n=len(required): checker(*[answer] * n))
+    return found
+
+
+def test_every_notebook_has_at_least_four_checked_exercises():
+    per_notebook = {}
+    for name in _checkers():
+        per_notebook[name[:4]] = per_notebook.get(name[:4], 0) + 1
+    assert sorted(per_notebook) == [f"nb{n:02d}" for n in range(1, 7)]
+    assert all(count >= 4 for count in per_notebook.values()), per_notebook
 
 
 # Answers of types that some checker does not expect (an int is the wrong type for a list or a function).

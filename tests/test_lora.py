@@ -17,7 +17,7 @@ from course_utils.configs import known_names, load_config
 from course_utils.params import ATTENTION, LINEAR_KINDS, MLP
 from course_utils.lora import (LoRALinear, add_lora_layers, get_lora_model, linear_shape, lora_config, lora_layers,
                                lora_params, lora_summary, resolve_targets, target_kinds, target_module_table)
-from course_utils.plots import draw_lora_to_scale  # noqa: E402
+from course_utils.diagrams import draw_lora_to_scale  # noqa: E402
 
 TINY = load_config("course-llama")
 

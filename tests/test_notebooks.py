@@ -127,3 +127,13 @@ def test_notebook_06_guards_cells_run_twice_or_out_of_order(capsys):
     assert namespace["model"] is trained
     assert next(p for n, p in namespace["model"].named_parameters() if "lora_B" in n).eq(0.5).all()
     assert "already has its adapter" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_figures_are_drawn_sharp_for_a_projector(path):
+    """Every notebook draws its figures at twice their size (retina) before its first figure."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    first = next(i for i, source in enumerate(code) if "PROFILE = " in source)
+    assert '%config InlineBackend.figure_formats = ["retina"]' in code[first]
+    assert not any("plt." in source or "plots." in source for source in code[:first])

@@ -151,3 +151,12 @@ def test_lora_calculator_recomputes_from_its_knobs():
     for box in calc.boxes.values():
         box.value = False
     assert calc.figure is None and "Tick at least one" in calc.verdict_box.value
+
+
+def test_a_small_models_run_reads_in_mb_not_0_0_gb():
+    calc = MemoryCalculator(model="course-llama", method="qlora")
+    assert "0.0 GB" not in calc.verdict and " MB in total" in calc.verdict
+    assert "0.00 GB" not in calc.verdict_box.value
+    ax = calc.figure.axes[0]
+    assert "MB" in ax.get_ylabel() and not ax.lines  # no GPU line squashing the bar to nothing
+    assert drawn_total_gb(calc.figure) == pytest.approx(calc.estimate.total / 1e6)

@@ -77,3 +77,26 @@ def close(answer, expected: float, rel: float = 1e-6) -> bool:
     """True when a numeric answer is within `rel` of the expected value (False for non-numbers)."""
     value = as_number(answer)
     return value is not None and abs(float(value) - expected) <= rel * max(1.0, abs(expected))
+
+
+def plain(text: str) -> str:
+    """A typed letter or name made comparable: "(B) " -> "b"."""
+    return text.strip().strip("()").strip().rstrip(").").strip().lower()
+
+
+def choice(answer, options: dict[str, str], right: str, praise: str, hints: dict[str, str],
+           blank: str | None = None, names: bool = False, normalize=plain) -> bool:
+    """A multiple-choice answer: a letter ("b", "B", "(b)"), or with `names` the option's own text too. `blank`
+    is the hint for None (default: which letters there are); `hints` has one hint per wrong letter."""
+    letters = ", ".join(options)
+    if answer is None:
+        return report(False, "", blank or f"Answer with one letter: {letters}.")
+    if not isinstance(answer, str):
+        return report(False, "", f"Expected a letter ({letters}) as a string, got {describe(answer)}.")
+    given = normalize(answer)
+    if names:
+        given = {normalize(text): letter for letter, text in options.items()}.get(given, given)
+    if given not in options:
+        return report(False, "", f"Expected one of the letters {letters}, got {describe(answer)}.")
+    return report(given == right, f"({right}) {praise}", hints.get(given, ""))
+

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from course_utils.configs import load_config
-from course_utils.exercises import as_number, as_numbers, close, not_a_number, not_numbers, report
+from course_utils.exercises import as_number, as_numbers, choice, close, not_a_number, not_numbers, report
+from course_utils.params import head_dim as width_of_head
 
 
 def check_layers(answer: int) -> bool:
@@ -28,7 +29,7 @@ def check_kv_heads_share(answer: int) -> bool:
 def check_k_proj_shape(answer: tuple[int, int]) -> bool:
     """The weight shape (out, in) of k_proj in Llama 3.1 70B."""
     c = load_config("llama-3.1-70b")
-    head_dim = c.hidden_size // c.num_attention_heads
+    head_dim = width_of_head(c)  # the config's head_dim (128 = hidden / heads in every Llama 3.1 config)
     shape = (c.num_key_value_heads * head_dim, c.hidden_size)
     if not_numbers(answer, whole=True):
         return False
@@ -44,3 +45,79 @@ def check_mlp_params(answer: int) -> bool:
         return False
     return report(close(answer, n), f"3 x {c.hidden_size} x {c.intermediate_size} = {n:,}.",
                   "Three Linear layers, each hidden_size x intermediate_size, no biases.")
+
+
+def check_course_k_proj_shape(answer: tuple[int, int]) -> bool:
+    """The weight shape (out, in) of k_proj in the course's small model, whose config sets head_dim itself."""
+    c = load_config("course-llama")
+    head_dim = width_of_head(c)
+    shape = (c.num_key_value_heads * head_dim, c.hidden_size)
+    if not_numbers(answer, whole=True):
+        return False
+    given = tuple(as_numbers(answer, whole=True) or ())
+    hint = "nn.Linear stores (out_features, in_features); out = KV heads x the config's head_dim, in = hidden size."
+    if given == (c.num_key_value_heads * (c.hidden_size // c.num_attention_heads), c.hidden_size):
+        hint = "That is what hidden_size / num_attention_heads would give; this config sets head_dim itself."
+    return report(given == shape, f"{c.num_key_value_heads} KV heads x head_dim {head_dim} = {shape[0]} out, "
+                  f"{shape[1]} in (hidden / heads would be {c.hidden_size // c.num_attention_heads}).", hint)
+
+
+# The multiple-choice questions: the options as the notebook prints them, the right letter, and for each wrong
+# letter a hint that points at the section to reread without naming the answer.
+NO_MEAN_NO_BIAS = {"a": "torch.nn.LayerNorm", "b": "LlamaRMSNorm", "c": "torch.nn.BatchNorm1d",
+                   "d": "torch.nn.GroupNorm"}
+HEAD_DIM_ASSUMED = {
+    "a": "Nothing: for the course model hidden_size // num_attention_heads equals the config's head_dim.",
+    "b": "The reshape fails: q_proj puts out more numbers per token than num_attention_heads x that head_dim.",
+    "c": "It runs, but the KV cache it keeps comes out smaller than the model's.",
+    "d": "It runs, but RoPE then rotates only half of each head.",
+}
+ROPE_SCALED = {
+    "a": "All of them, by the same factor.",
+    "b": "The fast ones, whose wavelength is shorter than original_max_position_embeddings / high_freq_factor.",
+    "c": "The slow ones, whose wavelength is longer than original_max_position_embeddings / low_freq_factor.",
+    "d": "None: only max_position_embeddings changes.",
+}
+
+
+def _plain(text: str) -> str:
+    """An answer or option as compared: "(B)" -> "b", "torch.nn.LayerNorm" -> "layernorm", "RMSNorm" -> "rmsnorm"."""
+    return text.strip().strip("()").strip().lower().removeprefix("torch.").removeprefix("nn.").removeprefix("llama")
+
+
+def _choice(answer, options: dict[str, str], right: str, praise: str, hints: dict[str, str],
+            names: bool = False) -> bool:
+    """A letter ("b", "(B)"), or with `names` the option itself ("LlamaRMSNorm"); the praise names the option."""
+    return choice(answer, options, right, f"{options[right]} {praise}", hints, names=names, normalize=_plain)
+
+def check_no_mean_no_bias(answer: str) -> bool:
+    """Which of NO_MEAN_NO_BIAS normalises without subtracting a mean and has no bias? A letter or the name."""
+    hints = {"a": "LayerNorm subtracts the mean and adds a bias: compare layer_norm and rms_norm in section 3c.",
+             "c": "BatchNorm subtracts a mean (over the batch) and adds a bias; one option divides only by the "
+                  "root mean square.",
+             "d": "GroupNorm subtracts the mean of each group of channels and adds a bias; reread section 3c."}
+    return _choice(answer, NO_MEAN_NO_BIAS, "b", "divides by the root mean square and scales by one learned "
+                   "weight per dimension: no mean, no bias.", hints, names=True)
+
+
+def check_head_dim_assumption(answer: str) -> bool:
+    """Code that takes head_dim = hidden_size // num_attention_heads, run on the course model: what happens?"""
+    c = load_config("course-llama")
+    naive, real = c.hidden_size // c.num_attention_heads, width_of_head(c)
+    hints = {"a": "Compute both for course-llama: hidden_size // num_attention_heads and config.head_dim.",
+             "c": "The KV cache follows k_proj and v_proj; look first at how wide q_proj's output is.",
+             "d": "RoPE follows the head width the model was built with; look at q_proj's out_features."}
+    return _choice(answer, HEAD_DIM_ASSUMED, "b", f"q_proj gives {c.num_attention_heads} x {real} = "
+                   f"{c.num_attention_heads * real} numbers per token, not {c.num_attention_heads} x {naive}.", hints)
+
+
+def check_rope_scaling(answer: str) -> bool:
+    """Which frequencies does Llama 3.1's "llama3" RoPE scaling divide by the full factor?"""
+    rope = load_config("llama-3.1-8b").rope_parameters
+    longest = rope["original_max_position_embeddings"] / rope["low_freq_factor"]
+    hints = {"a": "Then nearby word order would change too; see which pairs keep their frequency in the plot of 3a.",
+             "b": "The fast pairs turn many times within the original context; the plot of 3a shows what happens "
+                  "to them.",
+             "d": "The plot of 3a shows some frequencies moving: which ones?"}
+    return _choice(answer, ROPE_SCALED, "c", f"Wavelengths longer than {longest:,.0f} positions are stretched "
+                   f"{rope['factor']:g}x; the fast pairs keep theirs, and those between are blended.", hints)

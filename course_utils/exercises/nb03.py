@@ -68,3 +68,87 @@ def check_lora_forward(fn) -> bool:
                           "The shape is right but the numbers are not: rows of x multiply W.T, A.T and B.T; "
                           "scale the adapter's part by alpha / r.")
     return report(True, "Your forward matches LoRALinear: W x + (alpha / r) B A x.", "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Multiple choice: the answer is one letter
+# ----------------------------------------------------------------------------------------------------------
+
+DOUBLE_R_CHOICES = {
+    "a": "The scale doubles, so the adapter's update is twice as strong.",
+    "b": "The scale halves; B A now adds up twice as many rank-one terms, so the size of the update changes much "
+         "less than the scale does, and the learning rate you tuned for one r still roughly fits the other.",
+    "c": "Nothing: alpha / r is only used to initialise A and B.",
+    "d": "The scale halves, so the adapter now learns exactly half as fast and you must double the learning rate.",
+}
+
+WHY_B_ZERO_CHOICES = {
+    "a": "So that B A = 0: the adapted model starts out computing exactly what the base model does, while the "
+         "random A lets B get a gradient at the very first step.",
+    "b": "So that W is never changed during training.",
+    "c": "Because a matrix of zeros takes less memory than a random one.",
+    "d": "So that both A and B get a gradient at the first step.",
+}
+
+
+def _letter(answer, choices: dict[str, str]) -> str | None:
+    """`answer` as one of the letters of `choices` ("b", "B", " b) " all count), or None after printing one line
+    that says what was expected. None itself returns None silently (the caller gives the hint)."""
+    if answer is None:
+        return None
+    letters = ", ".join(f"'{k}'" for k in choices)
+    if not isinstance(answer, str):
+        report(False, "", f"Expected one letter as a string, one of {letters}, got {describe(answer)}.")
+        return None
+    letter = answer.strip().strip(").").strip().lower()
+    if letter not in choices:
+        report(False, "", f"Expected one of the letters {letters}, got {describe(answer)}.")
+        return None
+    return letter
+
+
+def check_double_r(answer: str) -> bool:
+    """You double r (8 to 16) and keep alpha (16): what does the scale alpha / r do, and what follows?"""
+    hints = {None: "Work out alpha / r before and after, then think of what B A x adds up: one term per rank.",
+             "a": "Look at which of alpha and r is in the denominator.",
+             "c": "The scale multiplies B A x in every forward pass, during training and after it.",
+             "d": "The scale halves, but B A also changed: it adds up more terms now. Section 8's first panel "
+                  "measured the size of the update for each r."}
+    letter = _letter(answer, DOUBLE_R_CHOICES)
+    if answer is not None and letter is None:
+        return False
+    return report(letter == "b", "alpha / r goes from 2 to 1, while B A gains directions: the LoRA paper's reason "
+                  "for dividing by r is that you can change r without tuning the learning rate again "
+                  "(Hu et al. 2021, section 4.1).", hints.get(letter, hints[None]))
+
+
+def check_why_b_zero(answer: str) -> bool:
+    """Why does LoRA start B at zero and A random?"""
+    hints = {None: "Look back at section 2: what h is at step 0, and the gradients of the three starts.",
+             "b": "W stays the same because it is frozen (requires_grad = False, so it never gets a gradient); "
+                  "that holds whatever B starts at.",
+             "c": "A and B take the same memory whatever their values are.",
+             "d": "Look at the gradient table in section 2: with B = 0, which gradient is zero at the first step?"}
+    letter = _letter(answer, WHY_B_ZERO_CHOICES)
+    if answer is not None and letter is None:
+        return False
+    return report(letter == "a", "B = 0 makes the start equal to the base; A random lets learning begin (A's own "
+                  "gradient is zero at the first step and grows once B has moved).", hints.get(letter, hints[None]))
+
+
+def check_merged_extra_flops(answer: float) -> bool:
+    """After merge(), how many extra multiply-adds per token does a rank-16 adapter on the 8B's q_proj cost?"""
+    n_in, n_out = linear_shape(load_config("llama-3.1-8b"), "q_proj")
+    detour = 16 * (n_in + n_out)
+    if not_a_number(answer):
+        return False
+    if answer is None:
+        return report(False, "", "After merging, which matrices does the layer still multiply x with?")
+    if close(answer, detour) or close(answer, 2 * detour):
+        return report(False, "", "That is what the detour through A and B costs before merging; after merge(), "
+                      "is there still a detour?")
+    if close(answer, n_in * n_out) or close(answer, 2 * n_in * n_out):
+        return report(False, "", "That is what W x itself costs, which the base layer pays too: count only what "
+                      "the adapter adds.")
+    return report(close(answer, 0), "W + (alpha / r) B A is one matrix of W's shape: the merged layer is exactly "
+                  "as fast as the base one.", "After merging, which matrices does the layer still multiply x with?")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from course_utils.configs import load_config
-from course_utils.exercises import close, not_a_number, not_names, report
+from course_utils.exercises import choice, close, describe, not_a_number, not_names, report
 from course_utils.lora import lora_params
 from course_utils.params import LINEAR_KINDS, MLP
 
@@ -39,3 +39,83 @@ def check_adapter_megabytes(answer: float) -> bool:
         return False
     return report(close(answer, mb, rel=0.01), f"{n:,} parameters x 4 bytes = {mb:,.1f} MB.",
                   "Count the trainable parameters first, then 4 bytes each (fp32), divided by 1e6.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercises 4 to 6: what "all-linear" picks, why the adapter is fp32, and how to get a plain model back
+# ----------------------------------------------------------------------------------------------------------
+
+# Exercise 5, multiple choice: the options as the notebook prints them (nb04.FP32_ADAPTER).
+FP32_ADAPTER = {
+    "a": "fp32 matrix products are faster than bf16 ones on a GPU, and the adapter is multiplied at every step.",
+    "b": "Training adds many small steps to A and B; bf16 keeps 8 significant bits, so a step under about 1/256 "
+         "of a value rounds away and the adapter would stop learning.",
+    "c": "The frozen base is stored in fp32 as well, and W x + B A x needs both parts in the same dtype.",
+    "d": "safetensors, the format the adapter is saved in, holds fp32 tensors only, not bf16 ones.",
+}
+_FP32_ADAPTER_RIGHT = "b"
+
+
+
+def check_all_linear_names(answer) -> bool:
+    """The module kinds that target_modules="all-linear" adapts in a Llama: a list or set of names. Full module
+    names ("model.layers.0.self_attn.q_proj", as in PEFT's `targeted_module_names`) count by their last part."""
+    if isinstance(answer, str):
+        return report(False, "", "Give a list or set of module names, like [\"q_proj\", \"v_proj\"], not one string.")
+    if not_names(answer, "module names"):
+        return False
+    if answer is None or not answer:
+        return report(False, "", "Look at section 1's table, or at which Linear layers PEFT wrapped in section 7.")
+    names = {name.split(".")[-1] for name in answer}
+    unknown = names - set(LINEAR_KINDS) - {"lm_head"}
+    if unknown:
+        hint = f"{', '.join(sorted(unknown))} is not a Linear layer of Llama; every decoder layer has seven."
+    elif "lm_head" in names:
+        hint = "One of these is the output layer over the whole vocabulary: does \"all-linear\" take it?"
+    else:
+        hint = f"Only {len(names)} of the kinds: \"all-linear\" takes every Linear inside the decoder layers."
+    return report(names == set(LINEAR_KINDS), f"{', '.join(LINEAR_KINDS)}: the seven projections of every decoder "
+                  "layer; lm_head, the output layer, is left out.", hint)
+
+
+def check_fp32_adapter(answer: str) -> bool:
+    """Why does PEFT keep the adapter in fp32 when the base computes in bf16? One letter of FP32_ADAPTER."""
+    hints = {"a": "On GPUs with bf16, bf16 products are the fast ones; section 6 added 0.001 to 1.0 in both "
+                  "dtypes: what happened?",
+             "c": "Here the base is bf16 (section 6 built one), and PEFT casts the input to the adapter's dtype "
+                  "where they differ: what is left as a reason?",
+             "d": "safetensors stores bf16 fine (Hugging Face ships bf16 models that way); think about what "
+                  "training does to A and B, step after step."}
+    return choice(answer, FP32_ADAPTER, _FP32_ADAPTER_RIGHT,
+                   "A 1e-3 step on a value near 1 vanishes in bf16 and counts in fp32, and the adapter is small "
+                   "enough that fp32 costs little; get_peft_model casts bf16 and fp16 adapters to fp32 (its "
+                   "autocast_adapter_dtype=True).", hints)
+
+
+# Exercise 6: PEFT's methods that a student may name, and what each one leaves behind.
+_NOT_PLAIN = {
+    "unload": "unload() removes the LoRA layers without folding them in: the plain model computes what the "
+              "base did, not what the adapted model did.",
+    "disable_adapter": "disable_adapter() switches the adapters off inside a with block; the LoRA layers stay.",
+    "merge_adapter": "merge_adapter() folds B A into the weights but keeps the LoRA layers around them.",
+    "merge": "merge() folds B A into one layer's weight and keeps the LoRA layer around it.",
+    "get_base_model": "get_base_model() returns the model inside the PEFT wrapper, LoRA layers and all.",
+    "delete_adapter": "delete_adapter() throws the adapter away: what is left computes what the base did.",
+}
+
+
+def check_plain_model(answer) -> bool:
+    """Which PEFT method turns the adapted model into a plain LlamaForCausalLM that computes what the adapted
+    model computed, with no LoRA layer left? Its name ("merge_and_unload"), or the method itself."""
+    if callable(answer) and hasattr(answer, "__name__"):
+        answer = answer.__name__
+    if answer is None:
+        return report(False, "", "Name a method of the PEFT model; section 7 ends with it.")
+    if not isinstance(answer, str):
+        return report(False, "", f"Expected the method's name as a string, got {describe(answer)}.")
+    name = answer.strip().removesuffix("()").split(".")[-1]
+    if name == "merge_and_unload":
+        return report(True, "merge_and_unload() folds each (alpha / r) B A into its base weight and removes the "
+                      "LoRA layers: a plain model for serving.", "")
+    return report(False, "", _NOT_PLAIN.get(name, f"{answer!r} is not the PEFT method asked for: it must fold the "
+                                                   "adapter in and remove the LoRA layers."))

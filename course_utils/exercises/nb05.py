@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from course_utils.exercises import as_number, as_numbers, close, not_a_number, not_numbers, report
+from course_utils.exercises import (as_number, as_numbers, choice, close, not_a_number, not_numbers,
+                                    report)
 
 # The block of exercise 1 (four weights of one block).
 BLOCK = [0.12, -0.5, 0.031, 0.26]
@@ -57,3 +58,77 @@ def check_70b_nf4_bytes(without_double_quant: float, with_double_quant: float) -
                   f"double quantization saves {(plain - double) / 1e9:.2f} GB.",
                   "Count the weights of the Linear layers inside the decoder layers (not embed_tokens, not lm_head), "
                   "multiply by the bits per weight, divide by 8.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercises 4 to 6: why NF4's levels sit where they sit, where a block's absmax lands, double quantization
+# ----------------------------------------------------------------------------------------------------------
+
+# Exercise 4, multiple choice: the options as the notebook prints them (nb05.NF4_NEAR_ZERO).
+NF4_NEAR_ZERO = {
+    "a": "Weights near 0 matter more to the model's output than large ones, so they get the finer levels.",
+    "b": "Its levels each hold an equal share of a normal distribution, and a block's scaled weights are roughly "
+         "normal, so the levels crowd near 0, where most weights sit.",
+    "c": "NF4 is a floating-point format with an exponent, which spends more of its bits on small numbers.",
+    "d": "NF4 needs an exact zero for padding, and int4's evenly spaced grid has none.",
+}
+_NF4_NEAR_ZERO_RIGHT = "b"
+# Exercise 6: the block sizes of a variant of double quantization.
+DQ_BLOCK, DQ_GROUP = 128, 256
+
+
+
+def check_nf4_near_zero(answer: str) -> bool:
+    """Why does NF4 put more of its 16 levels near 0 than int4 does? One letter of NF4_NEAR_ZERO."""
+    hints = {"a": "NF4's recipe (section 5) never asks how much a weight matters, only how many weights sit "
+                  "where: what did it take the quantiles of?",
+             "c": "Every NF4 level is stored in the same 4 bits; fp4 is the floating-point format of section 7. "
+                  "Where do NF4's levels come from?",
+             "d": "int4's levels k / 7 include k = 0, so both have an exact zero; that explains one level, not "
+                  "why the others crowd near it."}
+    return choice(answer, NF4_NEAR_ZERO, _NF4_NEAR_ZERO_RIGHT,
+                   "The levels are quantiles of a normal distribution: 1/16 of a normal's weights per level, so "
+                   "they are densest near 0, where a block's weights are; int4 spends as many levels on the "
+                   "sparse tails as on the crowded middle.", hints)
+
+
+def check_absmax_level(answer: float) -> bool:
+    """A block's largest |weight| is positive. Which value of x / absmax does it get, and so which NF4 level?"""
+    from course_utils.quantization import nf4_code_book
+    top = nf4_code_book().max().item()
+    if not_a_number(answer):
+        return False
+    value = as_number(answer)
+    if value is None:
+        return report(False, "", "Divide the block's largest weight by the block's absmax: what do you get?")
+    hints = {127: "127 is what absmax int8 stores as an integer; the question asks for x / absmax, before any "
+                  "integer.",
+             15: "15 is the index of the level; the question asks for the value x / absmax itself.",
+             -1.0: "The block's largest weight here is positive."}
+    hint = hints.get(value, "The absmax is the largest |weight| of the block: divide it by itself.")
+    return report(close(value, top), f"The absmax divided by itself is {top:g}, NF4's top level, so the "
+                  "largest weight of every block is stored exactly: one weight per block of 64 (the spikes at "
+                  "the ends of section 5's histogram).", hint)
+
+
+def check_dq_bits(answer: float) -> bool:
+    """Bits stored per weight in NF4 with double quantization, blocks of DQ_BLOCK weights and DQ_GROUP constants."""
+    from course_utils.quantization import nf4_bits_per_param
+    if not_a_number(answer):
+        return False
+    right = nf4_bits_per_param(DQ_BLOCK, double_quant=True, dq_block_size=DQ_GROUP)
+    value = None if answer is None else float(as_number(answer))
+    if value is None:
+        hint = (f"Add the 4-bit index, one 8-bit constant shared by {DQ_BLOCK} weights, and one fp32 absmax "
+                f"shared by {DQ_GROUP} blocks of {DQ_BLOCK} weights (section 8 did it for 64).")
+    elif close(value, right - 4, rel=1e-3):
+        hint = "That is what the block constants add; every weight also keeps its own 4-bit index."
+    elif close(value, 4 + 8 / DQ_BLOCK, rel=1e-4):
+        hint = "Each group of 256 constants also keeps one fp32 absmax: spread it over all of its weights."
+    elif close(value, nf4_bits_per_param(double_quant=True), rel=1e-3):
+        hint = f"That is QLoRA's blocks of 64; here each block holds {DQ_BLOCK} weights."
+    else:
+        hint = (f"Add the 4-bit index, one 8-bit constant shared by {DQ_BLOCK} weights, and one fp32 absmax "
+                f"shared by {DQ_GROUP} blocks of {DQ_BLOCK} weights (section 8 did it for 64).")
+    return report(value is not None and close(value, right, rel=1e-4), f"4 + 8/{DQ_BLOCK} + 32/({DQ_BLOCK}*{DQ_GROUP}) = {right:.4f} "
+                  f"bits per weight, against {nf4_bits_per_param(DQ_BLOCK):.4f} with fp32 constants.", hint)

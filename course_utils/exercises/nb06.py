@@ -1,9 +1,10 @@
-"""Checkers for notebook 06, training a QLoRA adapter. The answers are computed, never stored."""
+"""Checkers for notebook 06, training a QLoRA adapter. The answers are computed (or, for the multiple-choice
+one, the statement the notebook measures), never printed."""
 
 from __future__ import annotations
 
 from course_utils.configs import load_config
-from course_utils.exercises import close, describe, not_a_number, not_names, report
+from course_utils.exercises import as_number, choice, close, describe, not_a_number, not_names, report
 
 # The parameter kinds a student sorts into "trains" / "frozen" in the exercise on requires_grad.
 PARAMETER_KINDS = ("embed_tokens", "q_proj.base_layer", "q_proj.lora_A", "q_proj.lora_B", "gate_proj",
@@ -82,3 +83,115 @@ def check_lora_params_8b(answer, r: int = 32) -> bool:
     return report(close(answer, n),
                   f"{c.num_hidden_layers} layers x r x [({d}+{q}) for q and o + ({d}+{kv}) for k and v] = {n:,}.",
                   f"Per module A is r x in and B is out x r; q and o are {d} -> {q}, k and v are {d} -> {kv} (GQA).")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercise 5: which field does a fresh adapter learn last? (the notebook trains one of its own and measures)
+# ----------------------------------------------------------------------------------------------------------
+
+LEARNED = 0.9  # a field counts as learned once this share of the probe gets it right
+
+
+def learned_at(curve: list[dict], field: str, threshold: float = LEARNED) -> float:
+    """The steps done when `field` first reached `threshold`, in a curve of rows {"step": steps done,
+    "field_accuracy": {field: share}} (infinity when it never did)."""
+    for row in sorted(curve, key=lambda r: r["step"]):
+        if row["field_accuracy"][field] >= threshold:
+            return row["step"]
+    return float("inf")
+
+
+def check_learned_last(answer, curve: list[dict] | None = None) -> bool:
+    """Your guess (one of data.FIELDS) against the curve the exercise's run measured."""
+    from course_utils.data import FIELDS
+    if answer is None:
+        return report(False, "", "Set MY_GUESS to the field you expect the adapter to learn last, one of "
+                      f"{', '.join(repr(f) for f in FIELDS)}, then run the cell.")
+    if not isinstance(answer, str):
+        return report(False, "", f"Expected one field name (a string) from data.FIELDS, got {describe(answer)}.")
+    if answer.strip() not in FIELDS:
+        return report(False, "", f"{answer!r} is not a field; pick one of {', '.join(repr(f) for f in FIELDS)}.")
+    if not curve:
+        return report(False, "", "Nothing is measured yet: set EXERCISE_STEPS (30, say) and run the cell to train.")
+    when = {f: learned_at(curve, f) for f in FIELDS}
+    last = max(when.values())
+    if min(when.values()) == float("inf"):
+        return report(False, "", f"No field reached {LEARNED:.0%} in this run: train for more steps (30, say).")
+    ok = when[answer.strip()] == last
+    reached = (f"never reached {LEARNED:.0%}" if last == float("inf") else
+               f"reached {LEARNED:.0%} last, after {last} steps")
+    return report(ok, f"{answer.strip()!r} {reached}.",
+                  "Your guess was learned sooner than another field: which curve crosses the dotted line last?")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercise 6: what merging into a 4-bit base costs (multiple choice)
+# ----------------------------------------------------------------------------------------------------------
+
+MERGE_CHOICES = {
+    "a": "Nothing: the merged model gives exactly the outputs of the base with its adapter.",
+    "b": "Each merged weight is rounded to NF4 again, so part of the update (alpha / r) B A is lost or "
+         "exaggerated and the outputs move a little.",
+    "c": "The adapter's A and B are quantized to 4 bits and kept beside the base.",
+    "d": "Twice the memory: the 4-bit weights and the merged 16-bit weights are both kept.",
+}
+_MERGE_TRUE = "b"  # section 12 of notebook 06 measures it: the logits change after merge_and_unload
+
+
+def check_merge_4bit(answer) -> bool:
+    """Which of MERGE_CHOICES says what `merge_and_unload` on a 4-bit base costs? One letter."""
+    why = {"a": "Section 12 measured the logits after the merge: did they stay the same?",
+           "c": "After merge_and_unload the model has no adapter left: where did B A go?",
+           "d": "merge_and_unload returns one plain model, in the base's storage: what does that storage do "
+                "to a weight that changed a little?"}
+    return choice(answer, MERGE_CHOICES, _MERGE_TRUE,
+                  "The merge dequantizes, adds the update and quantizes again: a second rounding to NF4. "
+                  "Keep the adapter separate, or merge into a 16-bit copy of the base.", why,
+                  blank="Answer with one letter of nb06.MERGE_CHOICES. Think about what PEFT must do to add a "
+                        "16-bit update into a weight stored in 4 bits.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercise 7: the bits of each part of a QLoRA run on a T4
+# ----------------------------------------------------------------------------------------------------------
+
+QLORA_PARTS = ("base Linear weights", "embeddings, norms, lm_head", "LoRA A and B", "gradients",
+               "optimizer moments", "matmul compute")
+
+
+def qlora_bits(preset: str = "t4") -> dict[str, int]:
+    """Bits per number of each part of a QLoRA run with a preset, worked out from what the course sets up."""
+    import math
+
+    from course_utils.quantization import nf4_code_book
+    from course_utils.training import PRESETS
+    p = PRESETS[preset]
+    adapter = 32  # PEFT keeps the adapter in fp32 on a 16-bit base (autocast_adapter_dtype=True)
+    return {"base Linear weights": int(math.log2(len(nf4_code_book()))),  # an index into 16 NF4 levels
+            "embeddings, norms, lm_head": 32,  # prepare_model_for_kbit_training casts them to fp32
+            "LoRA A and B": adapter,
+            "gradients": adapter,  # a gradient has its parameter's dtype
+            "optimizer moments": 8 if "8bit" in p.optimizer else 32,
+            "matmul compute": {"fp16": 16, "bf16": 16}.get(p.mixed_precision, 32)}
+
+
+def check_precisions(answer, preset: str = "t4") -> bool:
+    """A dict {part: bits} for every part in QLORA_PARTS: 4, 8, 16 or 32."""
+    expected = qlora_bits(preset)
+    if answer is None:
+        return report(False, "", "Fill a dict {part: bits} with one of 4, 8, 16, 32 for each name in "
+                      "nb06.QLORA_PARTS; the picture of section 5 and the preset of section 6 have the clues.")
+    if not isinstance(answer, dict):
+        return report(False, "", f"Expected a dict {{part: bits}} over QLORA_PARTS, got {describe(answer)}.")
+    unknown = sorted(str(k) for k in set(answer) - set(QLORA_PARTS))
+    missing = [k for k in QLORA_PARTS if k not in answer]
+    if unknown or missing:
+        what = f"unknown: {unknown}" if unknown else f"missing: {missing}"
+        return report(False, "", f"Use exactly the names of QLORA_PARTS as keys ({what}).")
+    bad = [k for k in QLORA_PARTS if as_number(answer[k], whole=True) not in (4, 8, 16, 32)]
+    if bad:
+        return report(False, "", f"Each value should be 4, 8, 16 or 32 (bits); look at {bad[0]!r}.")
+    wrong = [k for k in QLORA_PARTS if as_number(answer[k], whole=True) != expected[k]]
+    return report(not wrong, "4-bit storage, 16-bit arithmetic, and fp32 for everything that learns; "
+                  "only the moments are squeezed to 8 bits.",
+                  f"{len(wrong)} of {len(QLORA_PARTS)} are off, {wrong[0]!r} among them." if wrong else "")
