@@ -166,7 +166,7 @@ def test_a_string_that_is_no_option_gets_the_letters(capsys, name, answer):
 @pytest.mark.parametrize("name", CHOICES)
 def test_an_answer_of_the_wrong_type_gets_a_sentence_never_a_traceback(capsys, name, answer):
     ok, out = verdict(capsys, CHOICES[name][0], answer)
-    assert ok is False and out.startswith("❌ Not yet. Expected a letter (a, b, c, d) as a string, got "), out
+    assert ok is False and out.startswith("❌ Not yet. Expected one letter (a, b, c, d) as a string, got "), out
 
 
 @pytest.mark.parametrize("name", CHOICES)

@@ -92,7 +92,7 @@ def choice(answer, options: dict[str, str], right: str, praise: str, hints: dict
     if answer is None:
         return report(False, "", blank or f"Answer with one letter: {letters}.")
     if not isinstance(answer, str):
-        return report(False, "", f"Expected a letter ({letters}) as a string, got {describe(answer)}.")
+        return report(False, "", f"Expected one letter ({letters}) as a string, got {describe(answer)}.")
     given = normalize(answer)
     if names:
         given = {normalize(text): letter for letter, text in options.items()}.get(given, given)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from course_utils.configs import load_config
-from course_utils.exercises import close, describe, not_a_number, report
+from course_utils.exercises import choice, close, describe, not_a_number, report
 from course_utils.lora import LoRALinear, linear_shape
 
 
@@ -91,22 +91,6 @@ WHY_B_ZERO_CHOICES = {
 }
 
 
-def _letter(answer, choices: dict[str, str]) -> str | None:
-    """`answer` as one of the letters of `choices` ("b", "B", " b) " all count), or None after printing one line
-    that says what was expected. None itself returns None silently (the caller gives the hint)."""
-    if answer is None:
-        return None
-    letters = ", ".join(f"'{k}'" for k in choices)
-    if not isinstance(answer, str):
-        report(False, "", f"Expected one letter as a string, one of {letters}, got {describe(answer)}.")
-        return None
-    letter = answer.strip().strip(").").strip().lower()
-    if letter not in choices:
-        report(False, "", f"Expected one of the letters {letters}, got {describe(answer)}.")
-        return None
-    return letter
-
-
 def check_double_r(answer: str) -> bool:
     """You double r (8 to 16) and keep alpha (16): what does the scale alpha / r do, and what follows?"""
     hints = {None: "Work out alpha / r before and after, then think of what B A x adds up: one term per rank.",
@@ -114,12 +98,9 @@ def check_double_r(answer: str) -> bool:
              "c": "The scale multiplies B A x in every forward pass, during training and after it.",
              "d": "The scale halves, but B A also changed: it adds up more terms now. Section 8's first panel "
                   "measured the size of the update for each r."}
-    letter = _letter(answer, DOUBLE_R_CHOICES)
-    if answer is not None and letter is None:
-        return False
-    return report(letter == "b", "alpha / r goes from 2 to 1, while B A gains directions: the LoRA paper's reason "
-                  "for dividing by r is that you can change r without tuning the learning rate again "
-                  "(Hu et al. 2021, section 4.1).", hints.get(letter, hints[None]))
+    return choice(answer, DOUBLE_R_CHOICES, "b", "alpha / r goes from 2 to 1, while B A gains directions: the LoRA "
+                  "paper's reason for dividing by r is that you can change r without tuning the learning rate "
+                  "again (Hu et al. 2021, section 4.1).", hints, blank=hints[None])
 
 
 def check_why_b_zero(answer: str) -> bool:
@@ -129,11 +110,9 @@ def check_why_b_zero(answer: str) -> bool:
                   "that holds whatever B starts at.",
              "c": "A and B take the same memory whatever their values are.",
              "d": "Look at the gradient table in section 2: with B = 0, which gradient is zero at the first step?"}
-    letter = _letter(answer, WHY_B_ZERO_CHOICES)
-    if answer is not None and letter is None:
-        return False
-    return report(letter == "a", "B = 0 makes the start equal to the base; A random lets learning begin (A's own "
-                  "gradient is zero at the first step and grows once B has moved).", hints.get(letter, hints[None]))
+    return choice(answer, WHY_B_ZERO_CHOICES, "a", "B = 0 makes the start equal to the base; A random lets learning "
+                  "begin (A's own gradient is zero at the first step and grows once B has moved).", hints,
+                  blank=hints[None])
 
 
 def check_merged_extra_flops(answer: float) -> bool:
