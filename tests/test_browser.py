@@ -198,7 +198,7 @@ LAB_CELLS = "return window.jupyterapp.shell.currentWidget.content.model.toJSON()
 CLASSIC_READY = """
 const nb = window.Jupyter && Jupyter.notebook;
 return !!(nb && nb._fully_loaded && nb.kernel && nb.kernel.is_connected() && Jupyter.WidgetManager
-          && require.defined("nbextensions/jupyter-js-widgets/extension"));
+          && require.defined("nbextensions/jupyter-js-widgets/extension") && nb.kernel.widget_manager);
 """
 CLASSIC_RUN_ALL = """
 const done = arguments[arguments.length - 1];
@@ -247,14 +247,21 @@ def console_errors(driver) -> list[str]:
             if e["level"] == "SEVERE" and not any(a in e["message"] for a in ALLOWED_ERRORS)]
 
 
-def check_calculator(driver, name: str) -> None:
+def calculator_outputs(cells: list[dict]) -> list[list[str]]:
+    """The output kinds (mime types, or the output type) of each cell that makes a calculator."""
+    return [[kind for o in c.get("outputs", []) for kind in (o.get("data") or {o.get("output_type"): 0})]
+            for c in cells if c["cell_type"] == "code" and "Calculator" in "".join(c["source"])]
+
+
+def check_calculator(driver, name: str, cells: list[dict]) -> None:
     """The notebook's one calculator shows one chart and a verdict, and both follow a changed dropdown."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    calculators = WebDriverWait(driver, 30).until(
+    calculators = WebDriverWait(driver, 60).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, ".course-calculator"),
-        f"{name}: no calculator (.course-calculator) was drawn within 30 s")
+        f"{name}: no calculator (.course-calculator) was drawn within 60 s; "
+        f"the calculator cells' outputs: {calculator_outputs(cells)}")
     assert len(calculators) == 1, f"{name}: {len(calculators)} calculators drawn"
     calculator = calculators[0]
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", calculator)
@@ -287,8 +294,8 @@ def check_calculator(driver, name: str) -> None:
 def test_calculator_answers_its_knobs_in_the_browser(server, browser, name):
     """All cells run in the browser; the calculator answers a dropdown; the console has no errors."""
     try:
-        open_and_run(browser, server, name)
-        check_calculator(browser, name)
+        cells = open_and_run(browser, server, name)
+        check_calculator(browser, name, cells)
     except Exception as err:  # the console usually says why a widget is missing
         pytest.fail(f"{FRONTEND}: {err}\nbrowser console errors:\n" + "\n".join(console_errors(browser)))
     else:
