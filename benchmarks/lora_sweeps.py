@@ -1,0 +1,169 @@
+"""LoRA's settings measured on the course's task: the sweep behind notebook 07.
+
+    python benchmarks/lora_sweeps.py                    # the whole grid (63 points), writes the JSON
+    python benchmarks/lora_sweeps.py --grid lr rank     # some grids only
+    python benchmarks/lora_sweeps.py --check            # rerun a few committed points, compare (~1 min)
+
+Every point fine-tunes a fresh copy of the course's small model (assets/course-llama) through the course's loop
+(`course_utils.sweeps.run_point`: the same data order, steps and evaluation for every point) and records the
+validation loss (teacher-forced, on 200 validation answers), exact match (100 generated records), the loss on
+text like the base's pretraining (forgetting), trainable parameters, seconds per step and one step's memory.
+
+The grids, one per claim of notebook 07:
+  lr       LoRA (r=16 on all seven projections) and full fine-tuning at seven learning rates
+  rank     r = 1 ... 128 at one learning rate, alpha fixed at 32 (alpha/r: the LoRA paper's rule)
+  scaling  r = 2, 16, 128 x three learning rates x three rules: alpha fixed (alpha/r), alpha = 2r, rsLoRA
+  targets  the same parameter budget (~15 k per layer) on q,v / q,k,v,o / MLP / all seven, two learning rates
+  dora     DoRA and LoRA at r=16 on all seven projections, three learning rates
+
+A point takes 13-25 s on a quiet 2-core CPU (the whole grid ~20 min; the committed run took 35 min while other
+jobs shared the two cores: its "minutes"). Results are deterministic on a CPU for a given torch and thread count: losses reproduce to ~1e-6 with the
+same thread count and within TOLERANCE (relative) with another; times vary with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from course_utils import sweeps  # noqa: E402
+from course_utils.params import LINEAR_KINDS  # noqa: E402
+from course_utils.sweeps import SweepPoint  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "lora_sweeps.json"
+TOLERANCE = 0.02  # relative, on every loss: what `--check` allows between two runs (thread counts may differ)
+ALL = tuple(LINEAR_KINDS)
+ATTENTION, MLP = ("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj")
+LRS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def grid(name: str) -> list[SweepPoint]:
+    """The points of one grid (see the docstring)."""
+    if name == "lr":
+        return ([SweepPoint(method="lora", r=16, alpha=32, targets=ALL, lr=lr) for lr in LRS]
+                + [SweepPoint(method="full", lr=lr) for lr in LRS])
+    if name == "rank":
+        return [SweepPoint(r=r, alpha=32, targets=ALL, lr=3e-3) for r in (1, 2, 4, 8, 16, 32, 64, 128)]
+    if name == "scaling":
+        rules = (dict(alpha=16), dict(alpha=None), dict(alpha=16, scaling="alpha/sqrt(r)"))
+        return [SweepPoint(r=r, targets=ALL, lr=lr, **rule) for rule in rules for r in (2, 16, 128)
+                for lr in (1e-3, 3e-3, 1e-2)]
+    if name == "targets":  # r chosen so each set has ~15 k adapter parameters per layer (course model)
+        sets = ((("q_proj", "v_proj"), 16), (ATTENTION, 8), (MLP, 9), (ALL, 4))
+        return [SweepPoint(r=r, alpha=2 * r, targets=t, lr=lr) for t, r in sets for lr in (3e-3, 1e-2)]
+    if name == "dora":
+        return [SweepPoint(method=m, r=16, alpha=32, targets=ALL, lr=lr) for m in ("lora", "dora")
+                for lr in (1e-3, 3e-3, 1e-2)]
+    raise ValueError(f"unknown grid {name!r}: use one of {', '.join(GRIDS)}")
+
+
+GRIDS = ("lr", "rank", "scaling", "targets", "dora")
+CHECK_POINTS = (("lr", 4), ("lr", 10), ("dora", 4))  # (grid, index): what --check and the tests rerun
+
+
+def versions() -> dict:
+    import peft
+    import transformers
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
+
+
+def run_grids(names: list[str], task, log=print) -> dict[str, list[dict]]:
+    out = {}
+    for name in names:
+        points = grid(name)
+        out[name] = []
+        for i, point in enumerate(points):
+            t0 = time.perf_counter()
+            out[name].append(sweeps.run_point(point, task))
+            out[name][-1]["seconds"] = round(time.perf_counter() - t0, 1)  # the whole point, evaluation included
+            log(f"  {name} {i + 1}/{len(points)}  {point.label():<55} val loss {out[name][-1]['val_loss']:.4f}"
+                f"  ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    lines = [f"{'grid':<8} {'setting':<58}{'params':>9}{'val loss':>10}{'EM':>6}{'forget':>8}{'s/step':>8}"]
+    for name, rows in results.items():
+        for r in rows:
+            lines.append(f"{name:<8} {r['label']:<58}{r['trainable_params']:>9,}{r['val_loss']:>10.4f}"
+                         f"{r.get('exact_match', float('nan')):>6.0%}{r['forget_loss_after']:>8.3f}"
+                         f"{r['seconds_per_step']:>8.3f}")
+    return "\n".join(lines)
+
+
+def differences(new: dict, old: dict) -> list[str]:
+    """Where a rerun point's losses differ from the committed ones by more than TOLERANCE (relative)."""
+    problems = []
+    for key in ("val_loss", "forget_loss_after", "forget_loss_before"):
+        a, b = new[key], old[key]
+        if abs(a - b) > TOLERANCE * max(abs(b), 1e-3):
+            problems.append(f"{new['label']}: {key} {a:.5f}, committed {b:.5f}")
+    for (s, a), (_, b) in zip(new["eval_curve"], old["eval_curve"]):
+        if abs(a - b) > TOLERANCE * max(abs(b), 1e-3):
+            problems.append(f"{new['label']}: validation loss at step {s} {a:.5f}, committed {b:.5f}")
+    return problems
+
+
+def check(task, path: Path = RESULTS) -> list[str]:
+    """Rerun CHECK_POINTS and compare them with the committed results; returns the differences found."""
+    committed = json.loads(path.read_text())["results"]
+    problems = []
+    for name, i in CHECK_POINTS:
+        old = committed[name][i]
+        new = sweeps.run_point(SweepPoint(**_point_args(old["point"])), task, measure_memory=False)
+        print(f"  {new['label']:<58} val loss {new['val_loss']:.5f} (committed {old['val_loss']:.5f})")
+        problems += differences(new, old)
+    return problems
+
+
+def _point_args(saved: dict) -> dict:
+    return saved | {"targets": tuple(saved["targets"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", nargs="+", choices=GRIDS, default=list(GRIDS))
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON file to write (default: the committed one)")
+    parser.add_argument("--check", action="store_true", help="rerun a few committed points and compare them")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    task = sweeps.course_task()
+    if args.check:
+        problems = check(task)
+        print("\n".join(problems) if problems else f"All rerun points match the committed results within "
+                                                   f"{TOLERANCE:.0%}.")
+        return 1 if problems else 0
+    start = time.perf_counter()
+    results = run_grids(args.grid, task)
+    minutes = (time.perf_counter() - start) / 60
+    print("\n" + table(results))
+    print(f"\n{sum(len(r) for r in results.values())} points in {minutes:.1f} min")
+    if args.out == RESULTS and set(args.grid) != set(GRIDS) and RESULTS.exists():  # keep the other grids
+        old = json.loads(RESULTS.read_text())
+        results = old["results"] | results
+    payload = {"benchmark": "lora_sweeps", "command": "python benchmarks/lora_sweeps.py", "model": task.name,
+               "versions": versions(), "minutes": round(minutes, 1), "tolerance": TOLERANCE,
+               "task": {"train_examples": len(task.train), "validation_examples": len(task.validation),
+                        "exact_match_examples": task.exact_match_n, "eval_every": task.eval_every,
+                        "defaults": asdict(SweepPoint())},
+               "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"Wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""One point of a LoRA-settings sweep, measured: notebook 07 and `benchmarks/lora_sweeps.py` run the same call.
+
+`run_point(point, task)` fine-tunes a fresh copy of the base with one setting (a LoRA rank, alpha and scaling
+rule, targets, a learning rate; DoRA; or full fine-tuning: every weight trainable) through the course's own loop
+(`training.train`), with the same data order, steps and evaluation for every point, and returns:
+
+- the task metric: the loss on the validation answers (teacher-forced, every few steps: the eval curve) and
+  exact match of generated records at the end;
+- forgetting: the loss on text the base was pretrained on (the course model's pretraining documents), before
+  and after: how much the fine-tune damaged what the base knew;
+- the costs: trainable parameters, seconds per step, and one step's memory measured by part
+  (`footprint.measure_training_step`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from course_utils import data, evaluation, footprint, pretraining, training
+from course_utils.lora import COURSE_TARGETS, get_lora_model, lora_config
+
+POINT_METHODS = ("lora", "dora", "full")
+SCALINGS = ("alpha/r", "alpha/sqrt(r)")  # LoRA's own rule (Hu et al. 2021), rsLoRA's (Kalajdzievski 2023)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One setting of the sweep. `alpha=None` means alpha = 2r (the common habit)."""
+    method: str = "lora"             # "lora", "dora" or "full" (full fine-tuning: every weight trains)
+    lr: float = 3e-3
+    r: int = 16
+    alpha: float | None = None
+    scaling: str = "alpha/r"         # or "alpha/sqrt(r)": rsLoRA
+    targets: tuple[str, ...] = COURSE_TARGETS
+    steps: int = 40
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in POINT_METHODS:
+            raise ValueError(f"method must be one of {', '.join(POINT_METHODS)}, not {self.method!r}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, not {self.scaling!r}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            raise ValueError(f"lr must be a number between 0 and 1 (e.g. 3e-3), not {self.lr!r}")
+
+    @property
+    def lora_alpha(self) -> float:
+        return 2 * self.r if self.alpha is None else self.alpha
+
+    @property
+    def scale(self) -> float:
+        """The factor on B A x: alpha / r, or alpha / sqrt(r) with rsLoRA (1 for full fine-tuning: no adapter)."""
+        if self.method == "full":
+            return 1.0
+        return self.lora_alpha / (math.sqrt(self.r) if self.scaling == "alpha/sqrt(r)" else self.r)
+
+    def label(self) -> str:
+        if self.method == "full":
+            return f"full FT, lr {self.lr:g}"
+        rule = "rsLoRA " if self.scaling == "alpha/sqrt(r)" else ""
+        return (f"{self.method.replace('lora', 'LoRA').replace('dora', 'DoRA')} {rule}r={self.r} "
+                f"alpha={self.lora_alpha:g} on {','.join(t.replace('_proj', '') for t in self.targets)}, "
+                f"lr {self.lr:g}")
+
+
+@dataclass
+class Task:
+    """What every point trains and is measured on, prepared once: the base model, the encoded data."""
+    model: torch.nn.Module
+    tokenizer: object
+    train: list[dict]                 # encoded training examples
+    validation: list[dict]            # raw validation examples (exact match generates from them)
+    validation_batch: dict            # the validation answers, encoded and padded (the teacher-forced loss)
+    forget_batch: dict                # text the base knew, encoded and padded
+    max_length: int = 64
+    eval_every: int = 10
+    exact_match_n: int = 100
+    name: str = "course-llama"
+    extras: dict = field(default_factory=dict)
+
+
+def make_task(model, tokenizer, train: list[dict], validation: list[dict], forget_texts: list[str],
+              max_length: int = 64, name: str = "course-llama") -> Task:
+    """Encode the data once. `forget_texts` is text the base was trained on (its pretraining documents)."""
+    tokenizer = data.prepare_tokenizer(tokenizer)
+    pad = tokenizer.pad_token_id
+    forget = [pretraining.encode_document(tokenizer, t) for t in forget_texts]
+    for f in forget:  # the same cut as the task's examples, so a long document can't dominate
+        f["input_ids"], f["labels"] = f["input_ids"][:max_length], f["labels"][:max_length]
+    return Task(model=model.eval(), tokenizer=tokenizer, train=data.encode_split(tokenizer, train, max_length),
+                validation=validation, validation_batch=data.pad_batch(data.encode_split(tokenizer, validation,
+                                                                                          max_length), pad),
+                forget_batch=data.pad_batch(forget, pad), max_length=max_length, name=name)
+
+
+def course_task(validation_n: int = 200, forget_n: int = 200) -> Task:
+    """The course's task on the course's small model, offline: its dataset, and 200 documents like those it was
+    pretrained on (from the same generator, another seed) as the text it should not forget."""
+    from course_utils import runtime
+    model, tokenizer = runtime.load_model(runtime.choose_profile("offline"))
+    return make_task(model, tokenizer, data.load_split("train"), data.load_split("validation", limit=validation_n),
+                     pretraining.pretraining_corpus(forget_n, seed=1234))
+
+
+@torch.no_grad()
+def batch_loss(model, batch: dict) -> float:
+    """The mean cross-entropy of `model` on a padded batch (labels -100 are skipped)."""
+    was_training = model.training
+    model.eval()
+    device = training.model_device(model)
+    loss = model(**{k: v.to(device) for k, v in batch.items()}).loss.item()
+    model.train(was_training)
+    return loss
+
+
+def fresh_model(point: SweepPoint, task: Task):
+    """A copy of the base with the point's adapter (or, for full fine-tuning, every weight trainable)."""
+    model = copy.deepcopy(task.model)
+    if point.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    extra = {"use_dora": True} if point.method == "dora" else {}
+    if point.scaling == "alpha/sqrt(r)":
+        extra["use_rslora"] = True
+    training.set_seed(point.seed)
+    config = lora_config(model, r=point.r, lora_alpha=point.lora_alpha, target_modules=point.targets,
+                                  lora_dropout=0.0, task_type="CAUSAL_LM", **extra)
+    return get_lora_model(model, config)
+
+
+def train_config(point: SweepPoint, task: Task) -> training.TrainConfig:
+    """The course's offline preset with the point's steps, batch and learning rate (warmup: a tenth of the run)."""
+    return replace(training.PRESETS["offline"], steps=point.steps, batch_size=point.batch_size, lr=point.lr,
+                   warmup_steps=max(1, point.steps // 10), max_length=task.max_length, seed=point.seed,
+                   checkpoint_dir=None)
+
+
+def run_point(point: SweepPoint, task: Task, measure_memory: bool = True, exact_match: bool = True) -> dict:
+    """Train one point and measure it: the metric, the curves and the costs (see the module's docstring)."""
+    model = fresh_model(point, task)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = train_config(point, task)
+    batches = data.Batches(task.train, config.batch_size, task.tokenizer.pad_token_id, seed=point.seed)
+    forget_before = batch_loss(model, task.forget_batch)
+    eval_curve = [(0, batch_loss(model, task.validation_batch))]
+
+    in_loop_eval = [0.0]  # seconds of the evaluations inside the loop, taken off its time
+
+    def on_step(step: int, loss: float) -> None:
+        if (step + 1) % task.eval_every == 0 or step + 1 == config.steps:
+            t = time.perf_counter()
+            eval_curve.append((step + 1, batch_loss(model, task.validation_batch)))
+            in_loop_eval[0] += time.perf_counter() - t
+
+    result = training.train(model, batches, config, on_step=on_step, show_progress=False)
+    eval_seconds = 0.0
+    out = {"point": asdict(point), "label": point.label(), "scale": point.scale, "trainable_params": trainable,
+           "train_curve": [round(row["loss"], 5) for row in result.history],
+           "eval_curve": [(s, round(v, 5)) for s, v in eval_curve],
+           "val_loss": round(eval_curve[-1][1], 5),
+           "forget_loss_before": round(forget_before, 5),
+           "forget_loss_after": round(batch_loss(model, task.forget_batch), 5)}
+    if exact_match:
+        t1 = time.perf_counter()
+        scored = evaluation.evaluate(model, task.tokenizer, task.validation[:task.exact_match_n])
+        out["exact_match"] = scored["exact_match"]
+        eval_seconds = time.perf_counter() - t1
+    out["seconds_per_step"] = round((result.seconds - in_loop_eval[0]) / config.steps, 4)
+    out["eval_seconds"] = round(eval_seconds, 2)
+    if measure_memory:
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
+        batch = batches.batch(0)
+        model.train()
+        out["memory_bytes"] = footprint.measure_training_step(model, batch["input_ids"], optimizer)
+        model.eval()
+    return out
+
+
+def best(results: list[dict], key: str = "val_loss", **where) -> dict:
+    """The result with the lowest `key` among those whose point matches `where` (e.g. method="full")."""
+    rows = [r for r in results if all(r["point"][k] == v for k, v in where.items())]
+    if not rows:
+        raise ValueError(f"no result matches {where}")
+    return min(rows, key=lambda r: r[key])

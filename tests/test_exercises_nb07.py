@@ -1,0 +1,77 @@
+"""Notebook 07's exercise checkers: the right answer passes, wrong answers and answers of the wrong type get a
+one-line "❌" sentence, the blank gets the hint, and no hint gives the answer away. The right answers are worked out
+here from the committed sweep and from PEFT on the meta device, not from the checkers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from peft import LoraConfig, get_peft_model
+
+from benchmarks import lora_sweeps
+from course_utils.architecture import empty_model
+from course_utils.configs import load_config
+from course_utils.exercises import nb07
+from tests.test_exercises import ODD, assert_right, assert_wrong_words, verdict
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def peft_count(r, targets):
+    model = get_peft_model(empty_model(load_config("llama-3.1-8b")), LoraConfig(r=r, lora_alpha=r, target_modules=targets),
+                           low_cpu_mem_usage=True)
+    return model.get_nb_trainable_parameters()[0]
+
+
+def test_best_lora_lr_is_read_off_the_committed_sweep(capsys):
+    rows = json.loads(lora_sweeps.RESULTS.read_text())["results"]["lr"]
+    lora = min((r for r in rows if r["point"]["method"] == "lora"), key=lambda r: r["val_loss"])["point"]["lr"]
+    full = min((r for r in rows if r["point"]["method"] == "full"), key=lambda r: r["val_loss"])["point"]["lr"]
+    assert_right(capsys, nb07.check_best_lora_lr, lora)
+    if full != lora:
+        assert "full fine-tuning" in assert_wrong_words(capsys, nb07.check_best_lora_lr, full)
+    assert_wrong_words(capsys, nb07.check_best_lora_lr, lora * 1.7)
+    assert "section 3" in verdict(capsys, nb07.check_best_lora_lr, None)[1]
+    for odd in ODD:  # none of them is a learning rate the sweep tried
+        assert_wrong_words(capsys, nb07.check_best_lora_lr, odd)
+
+
+def test_budget_rank_and_params_match_peft_on_the_8b(capsys):
+    target = peft_count(16, ["q_proj", "v_proj"])
+    per_rank = peft_count(1, ALL)
+    r = round(target / per_rank)
+    assert abs(r * per_rank - target) <= abs((r + 1) * per_rank - target)
+    assert abs(r * per_rank - target) <= abs((r - 1) * per_rank - target)
+    assert_right(capsys, nb07.check_budget_rank, r)
+    assert_right(capsys, nb07.check_budget_rank, float(r))
+    for wrong in (r + 1, r - 1, 16, 5):
+        if wrong != r:
+            assert_wrong_words(capsys, nb07.check_budget_rank, wrong, f"r = {r}")
+    n = peft_count(r, ALL)
+    assert_right(capsys, nb07.check_budget_params, n)
+    assert "q,v at r = 16 itself" in assert_wrong_words(capsys, nb07.check_budget_params, target, f"{n:,}")
+    assert_wrong_words(capsys, nb07.check_budget_params, n + 1, f"{n:,}")
+    for checker in (nb07.check_budget_rank, nb07.check_budget_params):
+        for odd in ODD[:6]:
+            assert_wrong_words(capsys, checker, odd)
+        assert verdict(capsys, checker, None)[0] is False
+
+
+def test_rslora_scale(capsys):
+    assert_right(capsys, nb07.check_rslora_scale, 16 / math.sqrt(64))
+    assert "alpha / r" in assert_wrong_words(capsys, nb07.check_rslora_scale, 0.25)
+    assert_wrong_words(capsys, nb07.check_rslora_scale, 4)
+    for odd in ODD[:6]:
+        assert_wrong_words(capsys, nb07.check_rslora_scale, odd)
+
+
+def test_alpha_habit_is_b(capsys):
+    assert_right(capsys, nb07.check_alpha_habit, "b")
+    assert_right(capsys, nb07.check_alpha_habit, "(B)")
+    for wrong in "acd":
+        assert_wrong_words(capsys, nb07.check_alpha_habit, wrong, "(b)")
+    assert "letter" in verdict(capsys, nb07.check_alpha_habit, None)[1]
+    for odd in ODD:
+        if not isinstance(odd, str):
+            assert_wrong_words(capsys, nb07.check_alpha_habit, odd)

@@ -1,0 +1,121 @@
+"""One sweep point (course_utils.sweeps) and the sweep script (benchmarks/lora_sweeps.py): the settings reach PEFT
+as stated, full fine-tuning and LoRA see the same batches, a point measures what it says, and the committed
+results are what the script's grids produce and reproduce when rerun."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import lora_sweeps
+from course_utils import evaluation, sweeps
+from course_utils.lora import lora_params
+from course_utils.params import LINEAR_KINDS
+from course_utils.sweeps import SweepPoint
+
+COMMITTED = json.loads(lora_sweeps.RESULTS.read_text())
+
+
+@pytest.fixture(scope="module")
+def task():
+    task = sweeps.course_task(validation_n=40, forget_n=40)
+    task.exact_match_n = 20
+    return task
+
+
+def test_bad_settings_say_what_to_use():
+    with pytest.raises(ValueError, match="lora, dora, full"):
+        SweepPoint(method="qlora")
+    with pytest.raises(ValueError, match="alpha/r"):
+        SweepPoint(scaling="sqrt")
+    with pytest.raises(ValueError, match="3e-3"):
+        SweepPoint(lr=3)
+
+
+def test_scale_follows_each_rule():
+    assert SweepPoint(r=16, alpha=None).scale == 2.0  # the habit alpha = 2r
+    assert SweepPoint(r=64, alpha=16).scale == 0.25
+    assert SweepPoint(r=64, alpha=16, scaling="alpha/sqrt(r)").scale == 2.0
+    assert SweepPoint(method="full").scale == 1.0
+
+
+@pytest.mark.parametrize("point", [SweepPoint(r=8, alpha=16, targets=("q_proj", "v_proj")),
+                                   SweepPoint(r=4, alpha=16, scaling="alpha/sqrt(r)", targets=tuple(LINEAR_KINDS)),
+                                   SweepPoint(method="dora", r=8, alpha=16)], ids=lambda p: p.label())
+def test_the_adapter_peft_builds_is_the_point(task, point):
+    model = sweeps.fresh_model(point, task)
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    lora = sum(v for n, v in trainable.items() if "lora_A" in n or "lora_B" in n)
+    assert lora == lora_params(task.model.config, point.r, point.targets)
+    magnitudes = sum(v for n, v in trainable.items() if "magnitude" in n)
+    assert magnitudes == (0 if point.method == "lora" else sum(  # DoRA: one magnitude per output row
+        m.out_features for n, m in task.model.named_modules() if n.split(".")[-1] in point.targets))
+    layer = next(m for n, m in model.named_modules() if n.endswith(point.targets[0]) and hasattr(m, "scaling"))
+    assert math.isclose(layer.scaling["default"], point.scale)
+    base = {p.data_ptr() for p in task.model.parameters()}
+    assert not any(p.data_ptr() in base for p in model.parameters())  # a copy: the shared base is never touched
+
+
+def test_full_fine_tuning_trains_every_weight_of_a_copy(task):
+    model = sweeps.fresh_model(SweepPoint(method="full"), task)
+    assert all(p.requires_grad for p in model.parameters())
+    base = {p.data_ptr() for p in task.model.parameters()}
+    assert not any(p.data_ptr() in base for p in model.parameters())
+
+
+def test_lora_and_full_fine_tuning_start_from_the_same_loss_on_the_same_batches(task):
+    lora = sweeps.run_point(SweepPoint(steps=3, lr=3e-3), task, measure_memory=False, exact_match=False)
+    full = sweeps.run_point(SweepPoint(method="full", steps=3, lr=1e-3), task, measure_memory=False,
+                            exact_match=False)
+    # B = 0: the adapted model computes the base's function, so step 0 sees the same loss on the same batch
+    assert lora["train_curve"][0] == pytest.approx(full["train_curve"][0], rel=1e-6)
+    assert lora["train_curve"][1] != full["train_curve"][1]
+    assert lora["eval_curve"][0] == full["eval_curve"][0]
+    assert lora["forget_loss_before"] == full["forget_loss_before"]
+
+
+def test_a_point_measures_its_curves_metric_and_costs(task):
+    point = SweepPoint(r=4, alpha=8, steps=12, lr=1e-2)
+    before = evaluation.weights_checksum(task.model, skip=())
+    out = sweeps.run_point(point, task)
+    assert evaluation.weights_checksum(task.model, skip=()) == before  # the next point starts from the same base
+    assert len(out["train_curve"]) == 12
+    assert [s for s, _ in out["eval_curve"]] == [0, 10, 12]
+    assert out["val_loss"] == out["eval_curve"][-1][1] < out["eval_curve"][0][1]  # it learned
+    assert 0.0 <= out["exact_match"] <= 1.0 and out["seconds_per_step"] > 0
+    assert out["forget_loss_before"] == pytest.approx(sweeps.batch_loss(task.model, task.forget_batch), abs=1e-5)  # rounded to 5 places
+    memory = out["memory_bytes"]
+    assert memory["trainable weights"] == memory["gradients"] == 4 * out["trainable_params"]
+    assert memory["optimizer states"] >= 2 * 4 * out["trainable_params"]  # AdamW: two fp32 moments
+    assert out["point"]["r"] == 4 and "r=4" in out["label"]
+
+
+def test_best_picks_the_lowest_loss_among_matching_points():
+    rows = COMMITTED["results"]["lr"]
+    best = sweeps.best(rows, method="full")
+    assert best["point"]["method"] == "full"
+    assert best["val_loss"] == min(r["val_loss"] for r in rows if r["point"]["method"] == "full")
+    with pytest.raises(ValueError, match="no result"):
+        sweeps.best(rows, method="dora")
+
+
+def test_the_targets_grid_holds_one_parameter_budget(task):
+    config = task.model.config
+    sizes = {p.targets: lora_params(config, p.r, p.targets) for p in lora_sweeps.grid("targets")}
+    assert len(sizes) == 4 and max(sizes.values()) / min(sizes.values()) < 1.1
+
+
+def test_committed_results_are_the_scripts_grids():
+    assert set(COMMITTED["results"]) == set(lora_sweeps.GRIDS)
+    for name, rows in COMMITTED["results"].items():
+        assert [SweepPoint(**lora_sweeps._point_args(r["point"])) for r in rows] == lora_sweeps.grid(name), name
+    assert {"torch", "transformers", "peft", "threads"} <= set(COMMITTED["versions"])
+
+
+def test_committed_points_reproduce_when_rerun():
+    """The sweep's own check: CHECK_POINTS rerun on the full validation set match the committed losses."""
+    task = sweeps.course_task()
+    assert lora_sweeps.check(task) == []
