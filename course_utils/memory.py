@@ -145,6 +145,7 @@ class TrainingMemory:
     config: LlamaConfig | None = field(default=None, repr=False)
     autocast_copies: int = 0  # 16-bit copies of fp32 weights kept for the backward pass (prepared QLoRA only)
     copy_parts: dict = field(default_factory=dict)
+    trainable_tensors: int = 0  # how many tensors the optimizer updates (each has its own AdamW step counter)
 
     @property
     def total(self) -> int:
@@ -235,7 +236,8 @@ def training_memory(config: LlamaConfig, method: str = "qlora", rank: int = 16, 
                             lora_dropout=lora_dropout)
     copies = autocast_copy_bytes(config, targets, rank, gradient_checkpointing, a) if prepared else {}
     return TrainingMemory(method, weights, adapter, gradients, opt, sum(acts.values()), n_train, settings, acts,
-                          config, autocast_copies=sum(copies.values()), copy_parts=copies)
+                          config, autocast_copies=sum(copies.values()), copy_parts=copies,
+                          trainable_tensors=len(sizes))
 
 
 def suggested_settings(estimate: TrainingMemory, gpu: str = "T4") -> tuple[list[str], dict] | None:

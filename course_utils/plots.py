@@ -11,10 +11,12 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch
 
 from course_utils.data import show_tokens
+from course_utils.distributed import GATHERED_PART
 from course_utils.memory import GPUS, TrainingMemory
 
 PART_COLORS = {"weights": "#6baed6", "LoRA adapter": "#fd8d3c", "gradients": "#fdd0a2",
-               "optimizer states": "#9e9ac8", "activations": "#a1d99b", "16-bit copies (autocast)": "#e7969c"}
+               "optimizer states": "#9e9ac8", "activations": "#a1d99b", "16-bit copies (autocast)": "#e7969c",
+               GATHERED_PART: "#bdbdbd"}  # what FSDP all-gathers for compute (course_utils.distributed)
 
 
 def draw_memory_bars(estimates: dict[str, TrainingMemory], ax=None, gpus: dict[str, float] | None = None,

@@ -4,9 +4,10 @@ Works with ipywidgets 7.7.1 (Colab) and 8.x: only Dropdown, SelectMultiple, Sele
 Output, HBox and VBox are used, each observed through `observe(..., names="value")`.
 
 - `MemoryCalculator` (notebook 02): model, method, precision, LoRA rank, targets and dropout, QLoRA's k-bit
-  preparation, batch size, sequence length, gradient checkpointing and optimizer -> a stacked bar of the training
-  memory against the GPUs, the verdict and a suggestion. `MemoryCalculator.from_preset(model, PRESETS["t4"])`
-  starts from a `training.TrainConfig` preset, exactly as `memory.preset_memory` estimates it.
+  preparation, batch size, sequence length, gradient checkpointing and optimizer, number of GPUs and strategy
+  (DDP, ZeRO-2, FSDP / ZeRO-3, from course_utils.distributed) -> a stacked bar of the training memory per GPU
+  against the GPUs, the verdict and a suggestion (with several GPUs: how many of the chosen kind it needs).
+  `MemoryCalculator.from_preset(model, PRESETS["t4"])` starts from a `training.TrainConfig` preset, exactly as `memory.preset_memory` estimates it.
 - `LoraCalculator` (notebook 04): model, rank, target modules, adapter precision -> trainable parameters, share,
   adapter size and a bar per target module.
 
@@ -25,6 +26,8 @@ import matplotlib.pyplot as plt
 from transformers import LlamaConfig
 
 from course_utils.configs import known_names, load_config
+from course_utils.distributed import (GPU_COUNTS, STRATEGIES, STRATEGY_LABELS, check_gpus, check_strategy,
+                                      needs_sentence, per_gpu_memory)
 from course_utils.lora import lora_params, lora_summary
 from course_utils.memory import (GPUS, HEADROOM, METHODS, OPTIMIZERS, TrainingMemory, check_choice, preset_settings,
                                  readable_bytes, training_memory)
@@ -111,7 +114,7 @@ class MemoryCalculator(_Calculator):
     def __init__(self, model: str = "llama-3.1-8b", method: str = "qlora", precision: str = "bf16", rank: int = 16,
                  targets=("q_proj", "k_proj", "v_proj", "o_proj"), batch_size: int = 1, seq_len: int = 1024,
                  gradient_checkpointing: bool = True, optimizer: str = "adamw", gpu: str = "T4",
-                 lora_dropout: float = 0.0, prepared: bool = False):
+                 lora_dropout: float = 0.0, prepared: bool = False, n_gpus: int = 1, strategy: str = "fsdp"):
         import ipywidgets as w
 
         super().__init__()
@@ -121,6 +124,7 @@ class MemoryCalculator(_Calculator):
         model = check_choice(model, tuple(known_names()), "model")  # in any case: "Llama-3.1-8B", "BF16", "t4"
         precision = check_choice(precision, ("bf16", "fp16"), "precision")
         gpu = check_choice(gpu, tuple(GPUS), "GPU")
+        n_gpus, strategy = check_gpus(n_gpus), check_strategy(strategy)
         knob = dict(style={"description_width": DESCRIPTION_WIDTH}, layout=w.Layout(width=KNOB_WIDTH))
         self.widgets = {
             "model": w.Dropdown(options=[n for n in known_names()], value=model, description="model", **knob),
@@ -144,8 +148,13 @@ class MemoryCalculator(_Calculator):
                                                  indent=False, layout=w.Layout(width=KNOB_WIDTH)),
             "optimizer": w.Dropdown(options=list(OPTIMIZERS), value=optimizer, description="optimizer", **knob),
             "gpu": w.Dropdown(options=list(GPUS), value=gpu, description="suggest for GPU", **knob),
+            "n_gpus": w.Dropdown(options=sorted({*GPU_COUNTS, n_gpus}), value=n_gpus, description="number of GPUs",
+                                 **knob),
+            "strategy": w.Dropdown(options=[(STRATEGY_LABELS[s], s) for s in STRATEGIES], value=strategy,
+                                   description="strategy", **knob),
         }
         self.estimate: TrainingMemory | None = None
+        self.share = None  # the per-GPU share (distributed.PerGPUMemory) when there are several GPUs
         self.suggestion = ""
         for widget in self.widgets.values():
             widget.observe(lambda _change: self.update(), names="value")
@@ -177,6 +186,7 @@ class MemoryCalculator(_Calculator):
     def update(self) -> None:
         """Recompute the estimate, redraw the chart and rewrite the verdict from the widgets' values."""
         name, gpu = self.widgets["model"].value, self.widgets["gpu"].value
+        self.share = None
         lora = self.widgets["method"].value in ("lora", "qlora")
         self.widgets["rank"].disabled = self.widgets["targets"].disabled = not lora
         self.widgets["lora_dropout"].disabled = not lora
@@ -192,13 +202,20 @@ class MemoryCalculator(_Calculator):
             self.estimate, self.verdict, self.suggestion = None, str(err), ""
             self._no_chart(f"<b style='color:#cb181d'>{html.escape(self.verdict)}</b>")
             return
-        self.verdict = self.estimate.verdict()
-        self.suggestion = self.estimate.suggestion(gpu)
+        n_gpus, strategy = self.widgets["n_gpus"].value, self.widgets["strategy"].value
+        self.widgets["strategy"].disabled = n_gpus == 1
+        shown, title = self.estimate, f"{name}: training memory by part"
+        if n_gpus > 1:  # one GPU's share, and how many GPUs of the chosen kind the run needs
+            shown = self.share = per_gpu_memory(self.estimate, n_gpus, strategy)
+            self.verdict, self.suggestion = shown.verdict(), needs_sentence(self.estimate, gpu, strategy)
+            title = f"{name}: per GPU, {n_gpus} GPUs, {STRATEGY_LABELS[strategy]}"
+        else:
+            self.verdict = self.estimate.verdict()
+            self.suggestion = self.estimate.suggestion(gpu)
         fig, ax = plt.subplots(figsize=(5.8, 4.0))  # 580 px: beside the knobs within a 960-px notebook
-        draw_memory_bars({METHOD_LABELS[self.estimate.method]: self.estimate}, ax=ax,
-                         title=f"{name}: training memory by part")
+        draw_memory_bars({METHOD_LABELS[self.estimate.method]: shown}, ax=ax, title=title)
         self._draw(fig)
-        fits = self.estimate.fits(gpu)
+        fits = shown.fits(gpu)
         color = "#238b45" if fits else "#cb181d"
         note = self.suggestion or f"It fits on the {gpu} (keeping {HEADROOM:.0%} free)."
         self.verdict_box.value = (f"<b style='color:{color}'>{html.escape(self.verdict)}</b><br>"
@@ -206,7 +223,8 @@ class MemoryCalculator(_Calculator):
 
     def parts_text(self) -> str:
         """The estimate's parts in GB, one line."""
-        return " · ".join(f"{k} {readable_bytes(v)}" for k, v in self.estimate.parts().items())
+        shown = self.share or self.estimate
+        return " · ".join(f"{k} {readable_bytes(v)}" for k, v in shown.parts().items())
 
     def box(self):
         import ipywidgets as w

@@ -160,3 +160,44 @@ def test_a_small_models_run_reads_in_mb_not_0_0_gb():
     ax = calc.figure.axes[0]
     assert "MB" in ax.get_ylabel() and not ax.lines  # no GPU line squashing the bar to nothing
     assert drawn_total_gb(calc.figure) == pytest.approx(calc.estimate.total / 1e6)
+
+
+# --- the number of GPUs and the strategy (course_utils.distributed)
+
+def test_one_gpu_is_the_default_and_changes_nothing():
+    calc = MemoryCalculator()
+    assert calc.widgets["n_gpus"].value == 1 and calc.widgets["strategy"].disabled and calc.share is None
+    assert calc.verdict == training_memory(load_config(calc.widgets["model"].value), **calc.settings()).verdict()
+    assert "n_gpus" not in calc.settings() and "strategy" not in calc.settings()  # training_memory's own keywords
+
+
+def test_more_gpus_show_one_gpus_share_and_how_many_are_needed():
+    from course_utils.distributed import gpus_needed, per_gpu_memory
+    calc = MemoryCalculator(model="llama-3.1-70b", method="full-mixed", gpu="A100 80GB", seq_len=1024)
+    one_total = calc.estimate.total
+    calc.widgets["n_gpus"].value = 8
+    assert not calc.widgets["strategy"].disabled and calc.widgets["strategy"].value == "fsdp"
+    share = per_gpu_memory(calc.estimate, 8, "fsdp")
+    assert calc.share.parts() == share.parts() and calc.estimate.total == one_total  # the whole run is unchanged
+    assert drawn_total_gb(calc.figure) == pytest.approx(share.total / 1e9)
+    assert "per GPU, 8 GPUs, FSDP / ZeRO-3" in calc.figure.axes[0].get_title()
+    assert calc.verdict == share.verdict() and "per GPU" in calc.verdict
+    needed = gpus_needed(calc.estimate, "A100 80GB", "fsdp")
+    assert calc.suggestion.startswith(f"Under FSDP / ZeRO-3 this run needs {needed} x A100 80GB")
+    assert calc.suggestion in calc.verdict_box.value.replace("&#x27;", "'")
+    calc.widgets["strategy"].value = "ddp"  # DDP replicates everything: the one-GPU total on every GPU
+    assert calc.share.total == one_total and "not even 64" in calc.suggestion
+    calc.widgets["strategy"].value = "zero2"
+    assert calc.share.weights == calc.estimate.weights and calc.share.optimizer < calc.estimate.optimizer
+    calc.widgets["n_gpus"].value = 1
+    assert calc.share is None and calc.verdict == calc.estimate.verdict()
+
+
+def test_gpus_and_strategy_in_the_constructor_and_bad_values_are_sentences():
+    calc = MemoryCalculator(model="llama-3.1-405b", method="qlora", n_gpus=8, strategy="ZeRO-3", gpu="H100")
+    assert calc.widgets["strategy"].value == "fsdp" and calc.share.fits("H100")
+    assert "color:#238b45" in calc.verdict_box.value  # green: one GPU's share fits the H100
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        MemoryCalculator(strategy="pipeline")
+    with pytest.raises(ValueError, match="number of GPUs must be a whole number of at least 1"):
+        MemoryCalculator(n_gpus=0)
