@@ -3,6 +3,7 @@
     python benchmarks/lora_sweeps.py                    # the whole grid (63 points), writes the JSON
     python benchmarks/lora_sweeps.py --grid lr rank     # some grids only
     python benchmarks/lora_sweeps.py --check            # rerun a few committed points, compare (~1 min)
+    python benchmarks/lora_sweeps.py --model smollm2    # the lr and forgetting claims on SmolLM2 (~40 min)
 
 Every point fine-tunes a fresh copy of the course's small model (assets/course-llama) through the course's loop
 (`course_utils.sweeps.run_point`: the same data order, steps and evaluation for every point) and records the
@@ -15,6 +16,10 @@ The grids, one per claim of notebook 07:
   scaling  r = 2, 16, 128 x three learning rates x three rules: alpha fixed (alpha/r), alpha = 2r, rsLoRA
   targets  the same parameter budget (~15 k per layer) on q,v / q,k,v,o / MLP / all seven, two learning rates
   dora     DoRA and LoRA at r=16 on all seven projections, three learning rates
+  smollm2-lr  (--model smollm2) LoRA and full fine-tuning of SmolLM2-135M-Instruct, three rates each, 16 steps x 8,
+           the loss on paragraphs of the course's own prose as forgetting (no exact match: generation is slow
+           there); written to results/lora_sweeps_smollm2.json (not committed yet: notebook 07 reads the
+           course model's sweep only)
 
 A point takes 13-25 s on a quiet 2-core CPU (the whole grid ~20 min; the committed run took 35 min while other
 jobs shared the two cores: its "minutes"). Results are deterministic on a CPU for a given torch and thread count: losses reproduce to ~1e-6 with the
@@ -63,10 +68,17 @@ def grid(name: str) -> list[SweepPoint]:
     if name == "dora":
         return [SweepPoint(method=m, r=16, alpha=32, targets=ALL, lr=lr) for m in ("lora", "dora")
                 for lr in (1e-3, 3e-3, 1e-2)]
-    raise ValueError(f"unknown grid {name!r}: use one of {', '.join(GRIDS)}")
+    if name == "smollm2-lr":  # the lr and forgetting claims on real weights: 6 points; on 2 CPU cores a LoRA
+        # point took 443 s (16 steps x 8, partly while another job ran), full fine-tuning takes longer
+        return ([SweepPoint(method="lora", r=16, alpha=32, targets=ALL, lr=lr, steps=16, batch_size=8)
+                 for lr in (1e-3, 3e-3, 1e-2)]
+                + [SweepPoint(method="full", lr=lr, steps=16, batch_size=8) for lr in (1e-4, 3e-4, 1e-3)])
+    raise ValueError(f"unknown grid {name!r}: use one of {', '.join(GRIDS + REAL_GRIDS)}")
 
 
 GRIDS = ("lr", "rank", "scaling", "targets", "dora")
+REAL_GRIDS = ("smollm2-lr",)  # --model smollm2: SmolLM2-135M-Instruct, its own results file
+REAL_RESULTS = ROOT / "benchmarks" / "results" / "lora_sweeps_smollm2.json"
 CHECK_POINTS = (("lr", 4), ("lr", 10), ("dora", 4))  # (grid, index): what --check and the tests rerun
 
 
@@ -77,14 +89,15 @@ def versions() -> dict:
             "peft": peft.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
 
 
-def run_grids(names: list[str], task, log=print) -> dict[str, list[dict]]:
+def run_grids(names: list[str], task, log=print, cheap: bool = False) -> dict[str, list[dict]]:
+    """Run every point of the named grids. `cheap` (the real model): no exact match, no memory step."""
     out = {}
     for name in names:
         points = grid(name)
         out[name] = []
         for i, point in enumerate(points):
             t0 = time.perf_counter()
-            out[name].append(sweeps.run_point(point, task))
+            out[name].append(sweeps.run_point(point, task, measure_memory=not cheap, exact_match=not cheap))
             out[name][-1]["seconds"] = round(time.perf_counter() - t0, 1)  # the whole point, evaluation included
             log(f"  {name} {i + 1}/{len(points)}  {point.label():<55} val loss {out[name][-1]['val_loss']:.4f}"
                 f"  ({time.perf_counter() - t0:.0f} s)")
@@ -132,28 +145,36 @@ def _point_args(saved: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", nargs="+", choices=GRIDS, default=list(GRIDS))
+    parser.add_argument("--model", choices=("course", "smollm2"), default="course",
+                        help="course: the course's small model (default); smollm2: SmolLM2-135M-Instruct, "
+                             "a reduced grid (lr and forgetting), written to " + REAL_RESULTS.name)
+    parser.add_argument("--grid", nargs="+", choices=GRIDS + REAL_GRIDS, default=None)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON file to write (default: the committed one)")
     parser.add_argument("--check", action="store_true", help="rerun a few committed points and compare them")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    task = sweeps.course_task()
+    real = args.model == "smollm2"
+    args.grid = args.grid or list(REAL_GRIDS if real else GRIDS)
+    if real and args.out == RESULTS:
+        args.out = REAL_RESULTS
+    task = sweeps.real_task() if real else sweeps.course_task()
     if args.check:
         problems = check(task)
         print("\n".join(problems) if problems else f"All rerun points match the committed results within "
                                                    f"{TOLERANCE:.0%}.")
         return 1 if problems else 0
     start = time.perf_counter()
-    results = run_grids(args.grid, task)
+    results = run_grids(args.grid, task, cheap=real)
     minutes = (time.perf_counter() - start) / 60
     print("\n" + table(results))
     print(f"\n{sum(len(r) for r in results.values())} points in {minutes:.1f} min")
     if args.out == RESULTS and set(args.grid) != set(GRIDS) and RESULTS.exists():  # keep the other grids
         old = json.loads(RESULTS.read_text())
         results = old["results"] | results
-    payload = {"benchmark": "lora_sweeps", "command": "python benchmarks/lora_sweeps.py", "model": task.name,
+    command = "python benchmarks/lora_sweeps.py" + (" --model smollm2" if real else "")
+    payload = {"benchmark": "lora_sweeps", "command": command, "model": task.name,
                "versions": versions(), "minutes": round(minutes, 1), "tolerance": TOLERANCE,
                "task": {"train_examples": len(task.train), "validation_examples": len(task.validation),
                         "exact_match_examples": task.exact_match_n, "eval_every": task.eval_every,

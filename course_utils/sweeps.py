@@ -108,6 +108,33 @@ def course_task(validation_n: int = 200, forget_n: int = 200) -> Task:
                      pretraining.pretraining_corpus(forget_n, seed=1234))
 
 
+def course_prose(n: int = 120, folder=None) -> list[str]:
+    """Paragraphs of plain English from this course's own notebooks (their markdown, headings and tables left
+    out): real text for a real pretrained model, one that no fine-tune in the course trains on."""
+    import json
+    from course_utils.runtime import repo_root
+    paragraphs = []
+    for path in sorted((folder or repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "markdown":
+                for block in "".join(cell["source"]).split("\n\n"):
+                    text = " ".join(block.split())
+                    if len(text) > 200 and not text.startswith(("#", "|", "-", "<", "`", "$", "[", "!", "1.")):
+                        paragraphs.append(text)
+    return paragraphs[:n]
+
+
+def real_task(validation_n: int = 100, forget_n: int = 120) -> Task:
+    """The course's task on SmolLM2-135M-Instruct (real pretrained weights, the cpu profile's model: its local
+    copy offline), with paragraphs of the course's own prose as the text it should not forget."""
+    from course_utils import runtime
+    model, tokenizer = runtime.load_model(runtime.choose_profile("cpu"), four_bit=False)
+    task = make_task(model, tokenizer, data.load_split("train"), data.load_split("validation", limit=validation_n),
+                     course_prose(forget_n), max_length=96, name="SmolLM2-135M-Instruct")
+    task.eval_every = 8
+    return task
+
+
 @torch.no_grad()
 def batch_loss(model, batch: dict) -> float:
     """The mean cross-entropy of `model` on a padded batch (labels -100 are skipped)."""

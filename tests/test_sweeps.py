@@ -119,3 +119,12 @@ def test_committed_points_reproduce_when_rerun():
     """The sweep's own check: CHECK_POINTS rerun on the full validation set match the committed losses."""
     task = sweeps.course_task()
     assert lora_sweeps.check(task) == []
+
+
+def test_the_real_models_forgetting_text_is_the_courses_own_prose():
+    paragraphs = sweeps.course_prose()
+    assert len(paragraphs) == 120 and all(len(p) > 200 and "\n" not in p for p in paragraphs)
+    assert not any(p.startswith(("#", "|", "```")) for p in paragraphs)
+    text = " ".join(paragraphs)
+    assert "LoRA" in text and "import " not in text  # prose, not code cells
+
