@@ -133,14 +133,10 @@ def check(task, path: Path = RESULTS) -> list[str]:
     problems = []
     for name, i in CHECK_POINTS:
         old = committed[name][i]
-        new = sweeps.run_point(SweepPoint(**_point_args(old["point"])), task, measure_memory=False)
+        new = sweeps.run_point(SweepPoint.from_dict(old["point"]), task, measure_memory=False)
         print(f"  {new['label']:<58} val loss {new['val_loss']:.5f} (committed {old['val_loss']:.5f})")
         problems += differences(new, old)
     return problems
-
-
-def _point_args(saved: dict) -> dict:
-    return saved | {"targets": tuple(saved["targets"])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from transformers import LlamaConfig
 
-from course_utils.memory import (FLOAT_BYTES, GPUS, HEADROOM, TrainingMemory, check_choice, readable_bytes,
-                                 rotary_buffer_bytes, weight_breakdown)
+from course_utils.memory import (COPIES_PART, FLOAT_BYTES, GPUS, HEADROOM, TrainingMemory, check_choice, fits_gpu,
+                                 readable_bytes, rotary_buffer_bytes, where_it_fits, weight_breakdown)
 from course_utils.params import param_breakdown
 
 STRATEGIES = ("ddp", "zero2", "fsdp")
@@ -89,20 +89,18 @@ class PerGPUMemory:
         out = {"weights": self.weights, "LoRA adapter": self.adapter, "gradients": self.gradients,
                "optimizer states": self.optimizer, "activations": self.activations}
         if self.autocast_copies:
-            out["16-bit copies (autocast)"] = self.autocast_copies
+            out[COPIES_PART] = self.autocast_copies
         if self.gathered:
             out[GATHERED_PART] = self.gathered
         return out
 
     def fits(self, gpu: str, headroom: float = HEADROOM) -> bool:
         """Whether one GPU's share fits the GPU ("L4", any case), keeping `headroom` of it free."""
-        return self.total <= GPUS[check_choice(gpu, tuple(GPUS), "GPU")] * 1e9 * (1 - headroom)
+        return fits_gpu(self.total, gpu, headroom)
 
     def verdict(self) -> str:
-        fits = [g for g in GPUS if self.fits(g)]
-        where = f"fits on {', '.join(fits)}" if fits else "fits on none of " + ", ".join(GPUS)
         return (f"{STRATEGY_LABELS[self.strategy]} on {self.n_gpus} GPU{'s' * (self.n_gpus > 1)}: about "
-                f"{readable_bytes(self.total)} per GPU; {where} (keeping {HEADROOM:.0%} free).")
+                f"{readable_bytes(self.total)} per GPU; {where_it_fits(self.total)}.")
 
 
 def replicated_weight_bytes(estimate: TrainingMemory) -> int:

@@ -161,20 +161,30 @@ class TrainingMemory:
 
     def fits(self, gpu: str, headroom: float = HEADROOM) -> bool:
         """Whether the total fits in the GPU's memory ("T4", any case), keeping `headroom` of it free."""
-        return self.total <= GPUS[check_choice(gpu, tuple(GPUS), "GPU")] * 1e9 * (1 - headroom)
+        return fits_gpu(self.total, gpu, headroom)
 
     def fitting_gpus(self) -> list[str]:
         return [g for g in GPUS if self.fits(g)]
 
     def verdict(self) -> str:
         """One sentence: the total and which GPUs it fits."""
-        fits = self.fitting_gpus()
-        where = f"fits on {', '.join(fits)}" if fits else "fits on none of " + ", ".join(GPUS)
-        return f"About {readable_bytes(self.total)} in total; {where} (keeping {HEADROOM:.0%} free)."
+        return f"About {readable_bytes(self.total)} in total; {where_it_fits(self.total)}."
 
     def suggestion(self, gpu: str = "T4") -> str:
         """What to change so that this run fits `gpu` (empty when it already fits)."""
         return suggest(self, gpu)
+
+
+def fits_gpu(total: int, gpu: str, headroom: float = HEADROOM) -> bool:
+    """Whether `total` bytes fit the GPU ("T4", any case), keeping `headroom` of it free."""
+    return total <= GPUS[check_choice(gpu, tuple(GPUS), "GPU")] * 1e9 * (1 - headroom)
+
+
+def where_it_fits(total: int) -> str:
+    """"fits on T4, L4 (keeping 2% free)", or "fits on none of ..." for `total` bytes."""
+    fits = [g for g in GPUS if fits_gpu(total, g)]
+    where = f"fits on {', '.join(fits)}" if fits else "fits on none of " + ", ".join(GPUS)
+    return f"{where} (keeping {HEADROOM:.0%} free)"
 
 
 def readable_bytes(n: float) -> str:

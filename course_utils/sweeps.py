@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from course_utils import data, evaluation, footprint, pretraining, training
-from course_utils.lora import COURSE_TARGETS, get_lora_model, lora_config
+from course_utils.lora import COURSE_TARGETS
 
 POINT_METHODS = ("lora", "dora", "full")
 SCALINGS = ("alpha/r", "alpha/sqrt(r)")  # LoRA's own rule (Hu et al. 2021), rsLoRA's (Kalajdzievski 2023)
@@ -59,6 +59,11 @@ class SweepPoint:
         if self.method == "full":
             return 1.0
         return self.lora_alpha / (math.sqrt(self.r) if self.scaling == "alpha/sqrt(r)" else self.r)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "SweepPoint":
+        """The point a results file saved (`asdict`: its targets as a list)."""
+        return cls(**(saved | {"targets": tuple(saved["targets"])}))
 
     def label(self) -> str:
         if self.method == "full":
@@ -156,10 +161,8 @@ def fresh_model(point: SweepPoint, task: Task):
     extra = {"use_dora": True} if point.method == "dora" else {}
     if point.scaling == "alpha/sqrt(r)":
         extra["use_rslora"] = True
-    training.set_seed(point.seed)
-    config = lora_config(model, r=point.r, lora_alpha=point.lora_alpha, target_modules=point.targets,
-                                  lora_dropout=0.0, task_type="CAUSAL_LM", **extra)
-    return get_lora_model(model, config)
+    return training.add_peft_lora(model, r=point.r, alpha=point.lora_alpha, dropout=0.0, targets=point.targets,
+                                  seed=point.seed, **extra)
 
 
 def train_config(point: SweepPoint, task: Task) -> training.TrainConfig:

@@ -97,13 +97,14 @@ def preset_for(profile) -> TrainConfig:
 
 
 def add_peft_lora(model, r: int = COURSE_RANK, alpha: float = COURSE_ALPHA, dropout: float = COURSE_DROPOUT,
-                  targets: tuple[str, ...] | str = COURSE_TARGETS, seed: int = 0, layers: list[int] | None = None):
+                  targets: tuple[str, ...] | str = COURSE_TARGETS, seed: int = 0, layers: list[int] | None = None,
+                  **options):
     """The course's LoRA adapter on `model`, through PEFT (a fixed seed for lora_A's random start; lora_B starts
     at 0). Targets are checked first: a wrong name lists the real ones (course_utils.lora). `layers` (decoder
     layer indices) limits the adapter to those layers: no gradient flows below the lowest one, so the backward
-    pass is shorter."""
+    pass is shorter. `options` go to LoraConfig (`use_dora=True`, `use_rslora=True`)."""
     set_seed(seed)
-    extra = {"layers_to_transform": list(layers)} if layers is not None else {}
+    extra = dict(options, **({"layers_to_transform": list(layers)} if layers is not None else {}))
     peft_config = lora_config(model, r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout,
                               task_type="CAUSAL_LM", **extra)
     return get_lora_model(model, peft_config)

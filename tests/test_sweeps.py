@@ -111,7 +111,7 @@ def test_the_targets_grid_holds_one_parameter_budget(task):
 def test_committed_results_are_the_scripts_grids():
     assert set(COMMITTED["results"]) == set(lora_sweeps.GRIDS)
     for name, rows in COMMITTED["results"].items():
-        assert [SweepPoint(**lora_sweeps._point_args(r["point"])) for r in rows] == lora_sweeps.grid(name), name
+        assert [SweepPoint.from_dict(r["point"]) for r in rows] == lora_sweeps.grid(name), name
     assert {"torch", "transformers", "peft", "threads"} <= set(COMMITTED["versions"])
 
 
