@@ -4,6 +4,7 @@
     python benchmarks/lora_sweeps.py --grid lr rank     # some grids only
     python benchmarks/lora_sweeps.py --check            # rerun a few committed points, compare (~1 min)
     python benchmarks/lora_sweeps.py --model smollm2    # the lr and forgetting claims on SmolLM2 (~40 min)
+    python benchmarks/lora_sweeps.py --model smollm2 --check   # rerun one of its points (~8 min)
 
 Every point fine-tunes a fresh copy of the course's small model (assets/course-llama) through the course's loop
 (`course_utils.sweeps.run_point`: the same data order, steps and evaluation for every point) and records the
@@ -18,12 +19,12 @@ The grids, one per claim of notebook 07:
   dora     DoRA and LoRA at r=16 on all seven projections, three learning rates
   smollm2-lr  (--model smollm2) LoRA and full fine-tuning of SmolLM2-135M-Instruct, three rates each, 16 steps x 8,
            the loss on paragraphs of the course's own prose as forgetting (no exact match: generation is slow
-           there); written to results/lora_sweeps_smollm2.json (not committed yet: notebook 07 reads the
-           course model's sweep only)
+           there); written to results/lora_sweeps_smollm2.json, which notebook 07's section 9 reads
 
-A point takes 13-25 s on a quiet 2-core CPU (the whole grid ~20 min; the committed run took 35 min while other
-jobs shared the two cores: its "minutes"). Results are deterministic on a CPU for a given torch and thread count: losses reproduce to ~1e-6 with the
-same thread count and within TOLERANCE (relative) with another; times vary with the machine.
+A point takes 13-27 s on a quiet 2-core CPU: the committed course grid took 19.2 min (its "minutes"), SmolLM2's
+38.7 min. Results are deterministic on a CPU for a given torch and thread count: rerun with the same thread count,
+every loss came back identical; with another count they agree within TOLERANCE (relative). Times vary with the
+machine. Each results file records a fingerprint of the data it was measured on (`sweeps.fingerprint`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ GRIDS = ("lr", "rank", "scaling", "targets", "dora")
 REAL_GRIDS = ("smollm2-lr",)  # --model smollm2: SmolLM2-135M-Instruct, its own results file
 REAL_RESULTS = ROOT / "benchmarks" / "results" / "lora_sweeps_smollm2.json"
 CHECK_POINTS = (("lr", 4), ("lr", 10), ("dora", 4))  # (grid, index): what --check and the tests rerun
+REAL_CHECK_POINTS = (("smollm2-lr", 1),)  # --model smollm2 --check: LoRA at 3e-3 (~8 min on 2 cores)
 
 
 def versions() -> dict:
@@ -127,13 +129,17 @@ def differences(new: dict, old: dict) -> list[str]:
     return problems
 
 
-def check(task, path: Path = RESULTS) -> list[str]:
-    """Rerun CHECK_POINTS and compare them with the committed results; returns the differences found."""
-    committed = json.loads(path.read_text())["results"]
+def check(task, path: Path = RESULTS, points=CHECK_POINTS, cheap: bool = False) -> list[str]:
+    """Rerun `points` and compare them with the committed results; returns the differences found."""
+    saved = json.loads(path.read_text())
+    committed = saved["results"]
     problems = []
-    for name, i in CHECK_POINTS:
+    if saved["task"].get("data_sha256", sweeps.fingerprint(task)) != sweeps.fingerprint(task):
+        problems.append(f"the data differ from those {path.name} was measured on (another fingerprint)")
+    for name, i in points:
         old = committed[name][i]
-        new = sweeps.run_point(SweepPoint.from_dict(old["point"]), task, measure_memory=False)
+        new = sweeps.run_point(SweepPoint.from_dict(old["point"]), task, measure_memory=False,
+                               exact_match=not cheap)
         print(f"  {new['label']:<58} val loss {new['val_loss']:.5f} (committed {old['val_loss']:.5f})")
         problems += differences(new, old)
     return problems
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out = REAL_RESULTS
     task = sweeps.real_task() if real else sweeps.course_task()
     if args.check:
-        problems = check(task)
+        problems = (check(task, REAL_RESULTS, REAL_CHECK_POINTS, cheap=True) if real else check(task))
         print("\n".join(problems) if problems else f"All rerun points match the committed results within "
                                                    f"{TOLERANCE:.0%}.")
         return 1 if problems else 0
@@ -173,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "lora_sweeps", "command": command, "model": task.name,
                "versions": versions(), "minutes": round(minutes, 1), "tolerance": TOLERANCE,
                "task": {"train_examples": len(task.train), "validation_examples": len(task.validation),
-                        "exact_match_examples": task.exact_match_n, "eval_every": task.eval_every,
+                        "exact_match_examples": 0 if real else task.exact_match_n, "eval_every": task.eval_every,
+                        "data_sha256": sweeps.fingerprint(task),
                         "defaults": asdict(SweepPoint())},
                "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

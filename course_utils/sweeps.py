@@ -18,6 +18,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -114,12 +115,16 @@ def course_task(validation_n: int = 200, forget_n: int = 200) -> Task:
 
 
 def course_prose(n: int = 120, folder=None) -> list[str]:
-    """Paragraphs of plain English from this course's own notebooks (their markdown, headings and tables left
-    out): real text for a real pretrained model, one that no fine-tune in the course trains on."""
+    """Paragraphs of plain English from this course's own notebooks (their markdown; headings, lists and tables
+    left out): real text for a real pretrained model, one that no fine-tune in the course trains on. By default
+    the 120 frozen in assets/course-prose.txt (from notebooks 01-05), so that editing a notebook's prose does not
+    change what the committed SmolLM2 sweep measured; with `folder`, taken afresh from the notebooks there."""
     import json
     from course_utils.runtime import repo_root
+    if folder is None:
+        return (repo_root() / "assets" / "course-prose.txt").read_text().splitlines()[:n]
     paragraphs = []
-    for path in sorted((folder or repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in sorted(Path(folder).glob("[0-9][0-9]_*.ipynb")):
         for cell in json.loads(path.read_text())["cells"]:
             if cell["cell_type"] == "markdown":
                 for block in "".join(cell["source"]).split("\n\n"):
@@ -127,6 +132,17 @@ def course_prose(n: int = 120, folder=None) -> list[str]:
                     if len(text) > 200 and not text.startswith(("#", "|", "-", "<", "`", "$", "[", "!", "1.")):
                         paragraphs.append(text)
     return paragraphs[:n]
+
+
+def fingerprint(task: Task) -> str:
+    """A short hash of a task's encoded data (training, validation and forgetting tokens): two results files with
+    the same fingerprint were measured on the same data."""
+    import hashlib
+    digest = hashlib.sha256()
+    for ids in [f["input_ids"] for f in task.train] + [task.validation_batch["input_ids"],
+                                                      task.forget_batch["input_ids"]]:
+        digest.update(torch.as_tensor(ids).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def real_task(validation_n: int = 100, forget_n: int = 120) -> Task:

@@ -75,3 +75,17 @@ def test_alpha_habit_is_b(capsys):
     for odd in ODD:
         if not isinstance(odd, str):
             assert_wrong_words(capsys, nb07.check_alpha_habit, odd)
+
+
+def test_real_lr_ratio_is_read_off_the_smollm2_sweep(capsys):
+    rows = json.loads(lora_sweeps.REAL_RESULTS.read_text())["results"]["smollm2-lr"]
+    best = {m: min((r for r in rows if r["point"]["method"] == m), key=lambda r: r["val_loss"])["point"]["lr"]
+            for m in ("lora", "full")}
+    ratio = best["lora"] / best["full"]
+    assert_right(capsys, nb07.check_real_lr_ratio, ratio)
+    assert_right(capsys, nb07.check_real_lr_ratio, round(ratio, 1))
+    assert "LoRA's over full's" in assert_wrong_words(capsys, nb07.check_real_lr_ratio, 1 / ratio)
+    assert_wrong_words(capsys, nb07.check_real_lr_ratio, ratio * 3)
+    assert "section 9" in verdict(capsys, nb07.check_real_lr_ratio, None)[1]
+    for odd in ODD[:6]:
+        assert_wrong_words(capsys, nb07.check_real_lr_ratio, odd)

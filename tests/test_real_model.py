@@ -107,3 +107,15 @@ def test_qlora_through_bitsandbytes_on_the_cpu(profile):
                             show_progress=False)
     assert all(torch.isfinite(torch.tensor(r["loss"])) and r["grad_norm"] > 0 for r in result.history)
     assert evaluation.weights_checksum(model) == checksum  # the 4-bit base is untouched
+
+
+def test_the_committed_smollm2_sweep_was_measured_on_this_data():
+    """Notebook 07's section 9: benchmarks/results/lora_sweeps_smollm2.json names the data it was measured on;
+    the real task built here (SmolLM2's tokens of the course's data and frozen prose) is that data."""
+    import json
+
+    from benchmarks import lora_sweeps
+    from course_utils import sweeps
+
+    saved = json.loads(lora_sweeps.REAL_RESULTS.read_text())
+    assert sweeps.fingerprint(sweeps.real_task()) == saved["task"]["data_sha256"]

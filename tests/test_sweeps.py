@@ -113,6 +113,21 @@ def test_committed_results_are_the_scripts_grids():
     for name, rows in COMMITTED["results"].items():
         assert [SweepPoint.from_dict(r["point"]) for r in rows] == lora_sweeps.grid(name), name
     assert {"torch", "transformers", "peft", "threads"} <= set(COMMITTED["versions"])
+    assert len(COMMITTED["task"]["data_sha256"]) == 16  # check() compares it with the data it reruns on
+    assert COMMITTED["minutes"] <= 30  # the issue's budget for the whole grid on this 2-core machine
+
+
+def test_committed_smollm2_results_are_its_grid():
+    """The real-weights sweep notebook 07's section 9 plots: the script's reduced grid, with curves and costs."""
+    saved = json.loads(lora_sweeps.REAL_RESULTS.read_text())
+    assert saved["model"] == "SmolLM2-135M-Instruct" and saved["command"].endswith("--model smollm2")
+    assert set(saved["results"]) == set(lora_sweeps.REAL_GRIDS)
+    rows = saved["results"]["smollm2-lr"]
+    assert [SweepPoint.from_dict(r["point"]) for r in rows] == lora_sweeps.grid("smollm2-lr")
+    for r in rows:
+        assert len(r["train_curve"]) == r["point"]["steps"] and "exact_match" not in r
+        assert r["forget_loss_before"] == rows[0]["forget_loss_before"]  # one base, measured once per point
+    assert len(saved["task"]["data_sha256"]) == 16
 
 
 def test_committed_points_reproduce_when_rerun():
@@ -121,10 +136,21 @@ def test_committed_points_reproduce_when_rerun():
     assert lora_sweeps.check(task) == []
 
 
-def test_the_real_models_forgetting_text_is_the_courses_own_prose():
-    paragraphs = sweeps.course_prose()
+def test_the_real_models_forgetting_text_is_the_courses_own_prose(tmp_path):
+    paragraphs = sweeps.course_prose()  # frozen in assets/course-prose.txt
     assert len(paragraphs) == 120 and all(len(p) > 200 and "\n" not in p for p in paragraphs)
     assert not any(p.startswith(("#", "|", "```")) for p in paragraphs)
     text = " ".join(paragraphs)
     assert "LoRA" in text and "import " not in text  # prose, not code cells
+    notebook = {"cells": [{"cell_type": "markdown", "source": ["## A heading\n\n", "word " * 50 + "\n\n",
+                                                               "| a | table |"]},
+                          {"cell_type": "code", "source": ["x = 1  " * 50]}]}
+    (tmp_path / "01_x.ipynb").write_text(json.dumps(notebook))
+    assert sweeps.course_prose(folder=tmp_path) == [("word " * 50).strip()]  # how the frozen file was taken
 
+
+def test_the_fingerprint_names_the_data(task):
+    same = sweeps.fingerprint(task)
+    assert len(same) == 16 and sweeps.fingerprint(task) == same
+    other = sweeps.Task(**{**vars(task), "train": task.train[1:]})
+    assert sweeps.fingerprint(other) != same

@@ -1,5 +1,5 @@
-"""Checkers for notebook 07, choosing LoRA's settings. The answers come from the committed sweep
-(benchmarks/results/lora_sweeps.json) and from the configs (closed form)."""
+"""Checkers for notebook 07, choosing LoRA's settings. The answers come from the committed sweeps
+(benchmarks/results/lora_sweeps.json and lora_sweeps_smollm2.json) and from the configs (closed form)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ from course_utils.params import LINEAR_KINDS
 from course_utils.runtime import repo_root
 
 RESULTS = ("benchmarks", "results", "lora_sweeps.json")
+REAL_RESULTS = ("benchmarks", "results", "lora_sweeps_smollm2.json")
 
 
-def sweep_results() -> dict:
-    """The committed sweep's results, by grid."""
-    return json.loads(repo_root().joinpath(*RESULTS).read_text())["results"]
+def sweep_results(path: tuple[str, ...] = RESULTS) -> dict:
+    """A committed sweep's results, by grid (the course model's by default)."""
+    return json.loads(repo_root().joinpath(*path).read_text())["results"]
 
 
-def best_lr(method: str) -> float:
-    """The learning rate with the lowest validation loss in the lr grid, for "lora" or "full"."""
-    rows = [r for r in sweep_results()["lr"] if r["point"]["method"] == method]
+def best_lr(method: str, grid: str = "lr", path: tuple[str, ...] = RESULTS) -> float:
+    """The learning rate with the lowest validation loss in a learning-rate grid, for "lora" or "full"."""
+    rows = [r for r in sweep_results(path)[grid] if r["point"]["method"] == method]
     return min(rows, key=lambda r: r["val_loss"])["point"]["lr"]
 
 
@@ -83,6 +84,18 @@ def check_rslora_scale(answer: float) -> bool:
         hint = "That is LoRA's own alpha / r; rsLoRA divides by the square root of r."
     return report(close(answer, scale), f"16 / sqrt(64) = {scale:g}.", hint)
 
+
+
+def check_real_lr_ratio(answer: float) -> bool:
+    """On SmolLM2 (section 9): LoRA's best learning rate divided by full fine-tuning's."""
+    lora, full = (best_lr(m, "smollm2-lr", REAL_RESULTS) for m in ("lora", "full"))
+    if not_a_number(answer):
+        return False
+    hint = "Read the two stars of section 9's left plot, then divide LoRA's rate by full fine-tuning's."
+    if close(answer, full / lora, rel=0.05):
+        hint = "That is full fine-tuning's rate over LoRA's; the question asks for LoRA's over full's."
+    return report(close(answer, lora / full, rel=0.05),
+                  f"{lora:g} / {full:g} = {lora / full:.2g}: the '10x' of claim 1, on real weights.", hint)
 
 # Multiple choice: what the habit alpha = 2r does when you change r (the notebook prints the options).
 ALPHA_HABIT = {
