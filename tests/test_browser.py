@@ -233,11 +233,12 @@ def open_and_run(driver, server: Server, name: str) -> list[dict]:
 
 
 def calculator_state(calculator) -> tuple[str, list[str | None]]:
-    """(verdict text, the src of every image) of one calculator."""
-    from selenium.webdriver.common.by import By
-
-    verdict = calculator.find_element(By.CSS_SELECTOR, ".course-verdict").text
-    images = [img.get_attribute("src") for img in calculator.find_elements(By.CSS_SELECTOR, ".course-chart img")]
+    """(verdict text, the src of every image) of one calculator, read in one script: a chart redrawn while it is
+    read can't leave a stale image element behind (a race seen once in CI)."""
+    verdict, images = calculator.parent.execute_script(
+        "const c = arguments[0], v = c.querySelector('.course-verdict');"
+        "return [v ? v.innerText : '', Array.from(c.querySelectorAll('.course-chart img')).map(i => i.src)];",
+        calculator)
     return verdict, images
 
 
@@ -277,7 +278,9 @@ def check_calculator(driver, name: str, cells: list[dict]) -> None:
     current = dropdown.first_selected_option.text
     other = next(o.text for o in dropdown.options if o.text != current)
     dropdown.select_by_visible_text(other)
-    WebDriverWait(driver, 30, poll_frequency=0.25).until(
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    WebDriverWait(driver, 30, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: calculator_state(calculator)[0] != verdict and calculator_state(calculator)[1] != images,
         f"{name}: choosing {other!r} instead of {current!r} did not change both the verdict and the chart")
     time.sleep(1)  # let a second, unwanted redraw show up if there is one
