@@ -259,9 +259,9 @@ def check_calculator(driver, name: str, cells: list[dict]) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    calculators = WebDriverWait(driver, 60).until(
+    calculators = WebDriverWait(driver, 150).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, ".course-calculator"),
-        f"{name}: no calculator (.course-calculator) was drawn within 60 s; "
+        f"{name}: no calculator (.course-calculator) was drawn within 150 s; "
         f"the calculator cells' outputs: {calculator_outputs(cells)}")
     assert len(calculators) == 1, f"{name}: {len(calculators)} calculators drawn"
     calculator = calculators[0]
