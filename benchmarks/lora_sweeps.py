@@ -134,7 +134,8 @@ def check(task, path: Path = RESULTS, points=CHECK_POINTS, cheap: bool = False) 
     saved = json.loads(path.read_text())
     committed = saved["results"]
     problems = []
-    if saved["task"].get("data_sha256", sweeps.fingerprint(task)) != sweeps.fingerprint(task):
+    measured_on = saved["task"].get("data_sha256")  # files written before it existed have none
+    if measured_on is not None and measured_on != sweeps.fingerprint(task):
         problems.append(f"the data differ from those {path.name} was measured on (another fingerprint)")
     for name, i in points:
         old = committed[name][i]

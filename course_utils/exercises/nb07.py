@@ -85,7 +85,6 @@ def check_rslora_scale(answer: float) -> bool:
     return report(close(answer, scale), f"16 / sqrt(64) = {scale:g}.", hint)
 
 
-
 def check_real_lr_ratio(answer: float) -> bool:
     """On SmolLM2 (section 9): LoRA's best learning rate divided by full fine-tuning's."""
     lora, full = (best_lr(m, "smollm2-lr", REAL_RESULTS) for m in ("lora", "full"))
@@ -96,6 +95,7 @@ def check_real_lr_ratio(answer: float) -> bool:
         hint = "That is full fine-tuning's rate over LoRA's; the question asks for LoRA's over full's."
     return report(close(answer, lora / full, rel=0.05),
                   f"{lora:g} / {full:g} = {lora / full:.2g}: the '10x' of claim 1, on real weights.", hint)
+
 
 # Multiple choice: what the habit alpha = 2r does when you change r (the notebook prints the options).
 ALPHA_HABIT = {
