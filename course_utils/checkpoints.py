@@ -16,7 +16,9 @@ import json
 import os
 import random
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -171,6 +173,94 @@ def move_aside(folder: str | Path, why: str) -> Path:
         n += 1
     os.replace(folder, target)
     return target
+
+
+LOCK_NAME = ".in-use.json"  # written by the kernel that trains into a folder, touched after every step
+LOCK_STALE_SECONDS = 300    # a lock untouched this long is a kernel that died (a Drive shared by two tabs)
+
+
+def lock_holder(folder: str | Path) -> str | None:
+    """Who else trains into `folder` now, in words ("pid 123 on host x, 4 s ago"), or None when nobody does: no
+    lock, our own, a dead process on this machine, or one untouched for LOCK_STALE_SECONDS."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        holder = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if holder.get("host") == socket.gethostname():
+        if holder.get("pid") == os.getpid() or not _alive(holder.get("pid", -1)):
+            return None
+    elif age > LOCK_STALE_SECONDS:
+        return None
+    return f"pid {holder.get('pid')} on {holder.get('host')}, {age:.0f} s ago"
+
+
+def take_lock(folder: str | Path) -> None:
+    """Mark `folder` as ours (written again, so its time is now: call it after every step)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    Path(folder, LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+
+
+def release_lock(folder: str | Path) -> None:
+    path = Path(folder) / LOCK_NAME
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def start_over(folder: str | Path) -> str:
+    """What `START_OVER = True` does: the run's checkpoints are moved aside to `<folder>-start-over-<n>` (kept:
+    an interrupted class run can still be resumed from them by moving them back) so the next run starts at step
+    0. Returns the sentence that says so."""
+    from course_utils.runtime import display_path
+
+    folder = Path(folder)
+    if not list_checkpoints(folder):
+        return f"START_OVER: no checkpoints in {display_path(str(folder))}; this run starts at step 0."
+    kept = move_aside(folder, "start-over")
+    return (f"START_OVER: the checkpoints in {display_path(str(folder))} are kept in {kept.name} (move them back "
+            "to resume that run); this run starts at step 0.")
+
+
+def saved_adapter_problem(trainable: dict[str, torch.nn.Parameter], adapter_dir: str | Path) -> str | None:
+    """Why the adapter saved in `adapter_dir` is not the one in memory (not saved yet, damaged, or another run's),
+    as a sentence that names the cell to run; None when every tensor matches. `trainable`: name -> parameter."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from course_utils.runtime import display_path
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    where = display_path(str(adapter_dir))
+    if not path.is_file():
+        return f"No adapter is saved in {where} yet: run the save cell (section 10) first, then this one."
+    try:
+        saved = load_file(path)
+    except (SafetensorError, OSError) as err:
+        return f"The adapter file in {where} can't be read ({err}): run the save cell (section 10) again."
+    mine = {_saved_name(name): p.detach().cpu() for name, p in trainable.items()}
+    if mine.keys() != saved.keys() or any(not torch.equal(saved[k], v.to(saved[k].dtype)) for k, v in mine.items()):
+        return (f"The adapter saved in {where} is not the one in memory (saved before the last training): run the "
+                "save cell (section 10) again, then this one.")
+    return None
+
+
+def _saved_name(name: str) -> str:
+    """A trainable parameter's name as PEFT's save_pretrained writes it (adapter name dropped)."""
+    return name.replace(".default.", ".")
 
 
 def resume_point(folder: str | Path | None, params: dict[str, torch.nn.Parameter], settings: dict,

@@ -104,6 +104,20 @@ def local_copy(folder: str | Path | None = None) -> Path:
     return final
 
 
+_discarded: set[str] = set()  # folders already converted again in this session: a second failure is not the copy
+
+
+def discard_damaged(folder: str | Path) -> bool:
+    """Delete a local copy that failed to load, once per session, so the next `local_copy` converts it again from
+    the GGUF (a derived file: nothing of the student's is in it); whether it was deleted."""
+    folder = Path(folder)
+    if str(folder) in _discarded or find_gguf() is None or not folder.is_dir():
+        return False
+    _discarded.add(str(folder))
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
 def prepare() -> bool:
     """Make the local copy now (what `scripts/setup_env.sh` runs), saying in a sentence what happened."""
     try:

