@@ -221,6 +221,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+START_ATTRIBUTE = "_course_adapter_start"  # the adapter's values before the model's first run, kept on the model
+
+
+def adapter_start(model, trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The values the trainable parameters had when `train` first saw this model (a copy on the CPU, kept on the
+    model), so that any later run from step 0 starts from the same fresh adapter."""
+    start = getattr(model, START_ATTRIBUTE, None)
+    if start is None or start.keys() != trainable.keys():
+        start = {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
+        object.__setattr__(model, START_ATTRIBUTE, start)
+    return start
+
+
+def restore_start(trainable: dict[str, torch.nn.Parameter], start: dict[str, torch.Tensor]) -> bool:
+    """Put the adapter back to `start` where it moved; whether it had moved."""
+    moved = [name for name, p in trainable.items() if not torch.equal(p.detach().cpu(), start[name])]
+    with torch.no_grad():
+        for name in moved:
+            trainable[name].copy_(start[name])
+    return bool(moved)
+
+
 def start_over(folder: str | Path) -> str:
     """What `START_OVER = True` does: the run's checkpoints are moved aside to `<folder>-start-over-<n>` (kept:
     an interrupted class run can still be resumed from them by moving them back) so the next run starts at step

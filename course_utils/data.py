@@ -242,12 +242,15 @@ def load_split(split: str, folder: str | Path | None = None, limit: int | None =
         if folder is None and assets_env_problem():  # $COURSE_ASSETS names a folder that isn't there
             raise FileNotFoundError(assets_env_problem())
         raise FileNotFoundError(f"{path} is missing; run `python scripts/make_dataset.py` to generate the dataset.")
-    rows = read_jsonl(path)
+    rows = read_jsonl(path, required=("request", "record"))
+    if not rows:
+        raise ValueError(f"{path} holds no examples; rebuild the dataset with `python scripts/make_dataset.py`.")
     return rows[:limit] if limit is not None else rows
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The JSON objects of a JSONL file, one a line (blank lines skipped); a bad line is named by file and number."""
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """The JSON objects of a JSONL file, one a line (blank lines skipped); a bad line, or one without a `required`
+    field, is named by file and number."""
     rows = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -257,6 +260,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}, line {number}, is not valid JSON ({err.msg} at column {err.colno}); fix or "
                              "delete that line, or rebuild the dataset with `python scripts/make_dataset.py`.") from None
+        if missing := [key for key in required if not isinstance(rows[-1], dict) or key not in rows[-1]]:
+            raise ValueError(f"{path}, line {number}, has no {' or '.join(map(repr, missing))}: every example needs "
+                             f"{', '.join(map(repr, required))}; fix or delete that line, or rebuild the dataset with "
+                             "`python scripts/make_dataset.py`.")
     return rows
 
 

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from course_utils.checkpoints import (apply_checkpoint, folder_problem, list_checkpoints, lock_holder,
-                                      release_lock, resume_point, save_checkpoint, take_lock)
+from course_utils.checkpoints import (adapter_start, apply_checkpoint, folder_problem, list_checkpoints,
+                                      lock_holder, release_lock, restore_start, resume_point, save_checkpoint,
+                                      take_lock)
 from course_utils.lora import (COURSE_ALPHA, COURSE_DROPOUT, COURSE_RANK, COURSE_TARGETS, get_lora_model,
                                lora_config)
 from course_utils.memory import OPTIMIZERS
@@ -374,28 +375,6 @@ def steps_knob(value, preset_steps: int, name: str = "STEPS") -> int | None:
     print(f"{name} = {value!r} is not a number of training steps: set it to a whole number of at least 1 (the preset "
           f"for this runtime trains {preset_steps}) and run this cell again. Nothing was trained.")
     return None
-
-
-START_ATTRIBUTE = "_course_adapter_start"  # the adapter's values before the model's first run, kept on the model
-
-
-def adapter_start(model, trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """The values the trainable parameters had when `train` first saw this model (a copy on the CPU, kept on the
-    model), so that any later run from step 0 starts from the same fresh adapter."""
-    start = getattr(model, START_ATTRIBUTE, None)
-    if start is None or start.keys() != trainable.keys():
-        start = {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
-        object.__setattr__(model, START_ATTRIBUTE, start)
-    return start
-
-
-def restore_start(trainable: dict[str, torch.nn.Parameter], start: dict[str, torch.Tensor]) -> bool:
-    """Put the adapter back to `start` where it moved; whether it had moved."""
-    moved = [name for name, p in trainable.items() if not torch.equal(p.detach().cpu(), start[name])]
-    with torch.no_grad():
-        for name in moved:
-            trainable[name].copy_(start[name])
-    return bool(moved)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

@@ -138,3 +138,17 @@ def test_notebook_06_as_a_class_drives_it(nb06):
     for source in (training_cell(cells), cells[reload]):
         out = kernel.run(source)
         assert "the profile cell ran again" in out and "ERROR" not in out, out
+
+
+@pytest.mark.notebook
+def test_every_cell_of_notebook_06_runs_twice(tmp_path):
+    """Each code cell run twice in a row, top to bottom (a short STEPS): no cell fails on its second run."""
+    cells = [c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    kernel = Kernel(tmp_path)
+    try:
+        for i, source in enumerate(cells):
+            source = source.replace("STEPS = preset.steps", f"STEPS = {STEPS}", 1)
+            for attempt in (1, 2):
+                assert "ERROR" not in (out := kernel.run(source)), f"code cell {i}, run {attempt}:\n{out[-2000:]}"
+    finally:
+        kernel.close()

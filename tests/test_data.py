@@ -217,3 +217,14 @@ def test_course_assets_pointing_at_a_missing_folder_is_named_when_loading_a_spli
     monkeypatch.setenv("COURSE_ASSETS", str(tmp_path / "not-here"))
     with pytest.raises(FileNotFoundError, match="COURSE_ASSETS points at .*not-here, a folder that does not exist"):
         data.load_split("train")
+
+
+def test_an_example_without_its_fields_and_an_empty_split_are_named(tmp_path):
+    """Issue 29, item 10: a training example without `record` names its file and line; an empty file says so."""
+    good = json.dumps({"request": "Lunch with Maria", "record": {"for": "LUNCH"}})
+    (tmp_path / "train.jsonl").write_text(f"{good}\n\n{json.dumps({'request': 'no record here'})}\n")
+    with pytest.raises(ValueError, match=r"train.jsonl, line 3, has no 'record': every example needs 'request', "):
+        data.load_split("train", folder=tmp_path)
+    (tmp_path / "train.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=r"train.jsonl holds no examples"):
+        data.load_split("train", folder=tmp_path)
