@@ -22,7 +22,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -92,10 +94,16 @@ def index_reason(line: str) -> str | None:
     from packaging.utils import parse_sdist_filename, parse_wheel_filename
     from packaging.version import Version
     name, version = line.split("==")
-    try:
-        files = index_files(name_of(name))
-    except OSError as error:
-        return f"not found on PyPI ({error})"
+    for attempt in range(3):  # a name lookup can fail for a moment: only a steady answer decides
+        try:
+            files = index_files(name_of(name))
+            break
+        except urllib.error.HTTPError as error:
+            return f"not found on PyPI ({error})"
+        except OSError:
+            time.sleep(2 ** attempt)
+    else:
+        raise RuntimeError(f"the package index did not answer for {name}: run `update` again")
     here = set(sys_tags())
     python = ".".join(map(str, sys.version_info[:3]))
     wheels, sdists, too_new = [], [], []
