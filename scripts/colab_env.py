@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +28,6 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
 
 ROOT = Path(__file__).resolve().parent.parent
 FREEZE = ROOT / "constraints" / "colab-pip-freeze.gpu.txt"
@@ -48,7 +47,7 @@ MANUAL = {
     "torchcodec": BUILT_FOR_COLABS_TORCH,
     "pip": "the installer: the venv keeps the pip that runs this install",
 }
-# Installed at another version than Colab's, with the reason (the tests name these in the setup's sentence).
+# Installed at another version than Colab's, with the reason (`check` holds colab.txt to them).
 OVERRIDES = {
     "widgetsnbextension": ("3.6.1", "Colab's own frontend never loads it, but the classic Notebook here does, and "
                                     "3.6.10 cannot create ipywidgets 7.7.1's Output widget; 3.6.1 can"),
