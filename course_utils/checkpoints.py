@@ -197,9 +197,13 @@ def lock_holder(folder: str | Path) -> str | None:
 
 
 def take_lock(folder: str | Path) -> None:
-    """Mark `folder` as ours (written again, so its time is now: call it after every step)."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    Path(folder, LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    """Mark `folder` as ours (written again, so its time is now: call it after every step). Best effort: a write
+    that fails (Drive gone, a full disk) never stops training; saving the checkpoint says so."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Path(folder, LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    except OSError:
+        pass
 
 
 def release_lock(folder: str | Path) -> None:
