@@ -294,3 +294,18 @@ def keep_standard_4bit_layout(model: nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def dequantized(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """A 4-bit model (bitsandbytes) turned, in place, into plain Linear layers holding its NF4 weights unpacked and
+    kept in `dtype`: the function a QLoRA adapter was trained on, up to 16-bit rounding, so an adapter merged into
+    it is not rounded to 4 bits again."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it logs the dtype it casts to: what the caller asked for
+    try:
+        model = model.dequantize(dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(level)
+    return model.to(dtype)

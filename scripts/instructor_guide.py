@@ -7,6 +7,8 @@ What it reads:
 - every notebook's `metadata.course.run_seconds` and `metadata.course.profile`, which `scripts/run_notebooks.py`
   stamps when it executes a notebook; the profile picks the column. It also reads the line notebook 06's
   training cell prints ("80 steps in 65 s ..."), so the guide says how long the live training takes.
+- `benchmarks/results/notebooks_cpu.json`: each notebook's run time and text outputs in the cpu profile (SmolLM2),
+  written by `COURSE_PROFILE=cpu python scripts/run_notebooks.py --record benchmarks/results/notebooks_cpu.json`.
 - `benchmarks/results/*.txt`: the closing JSON line of each `benchmarks/train_real.py` run (SmolLM2-135M-Instruct
   on a CPU, the cpu profile's training preset), and the first line of each file, which says how it was run.
 - `benchmarks/results/**/report.json` written by `scripts/gpu_check.sh` on a GPU machine (none is committed yet):
@@ -31,6 +33,7 @@ END = "<!-- timings:end -->"
 COMMAND = "python scripts/instructor_guide.py"
 PROFILES = ("offline", "cpu", "gpu")
 TRAINING_LINE = re.compile(r"^(\d+) steps in (\d+) s\b", re.M)
+CPU_RECORD = RESULTS / "notebooks_cpu.json"
 GPU_CHECKED = "06_training_a_qlora_adapter.ipynb"  # the notebook scripts/gpu_check.sh runs (its NOTEBOOK)
 
 
@@ -53,15 +56,21 @@ def stream_text(nb: dict) -> str:
 
 
 def read_notebooks() -> list[dict]:
-    """Number, file, title, the profile its outputs were made in, its run time, and a training line if any."""
+    """Number, file, title, the profile its outputs were made in, its run time, and a training line if any; and
+    its run in the cpu profile from CPU_RECORD (`cpu_seconds`, `cpu_training`), where there is one."""
+    record = json.loads(CPU_RECORD.read_text())["notebooks"] if CPU_RECORD.exists() else {}
     rows = []
     for path in notebook_paths():
         nb = json.loads(path.read_text())
         stamp = nb.get("metadata", {}).get("course", {})
         training = TRAINING_LINE.search(stream_text(nb))
+        cpu = record.get(path.name, {})
+        cpu_training = TRAINING_LINE.search(cpu.get("outputs", ""))
         rows.append({"number": path.name[:2], "file": path.name, "title": notebook_title(nb, path),
                      "profile": stamp.get("profile"), "seconds": stamp.get("run_seconds"),
-                     "training": (int(training.group(1)), int(training.group(2))) if training else None})
+                     "training": (int(training.group(1)), int(training.group(2))) if training else None,
+                     "cpu_seconds": cpu.get("seconds"),
+                     "cpu_training": (int(cpu_training.group(1)), int(cpu_training.group(2))) if cpu_training else None})
     return rows
 
 
@@ -146,6 +155,13 @@ def render() -> str:
                 counted[profile] += 1
             elif profile == "offline":
                 text = f"not measured yet: `python scripts/run_notebooks.py --inplace {nb['number']}` measures it"
+            elif profile == "cpu" and nb["cpu_seconds"] is not None:
+                text = seconds(nb["cpu_seconds"]) + " (`benchmarks/results/notebooks_cpu.json`)"
+                if nb["cpu_training"]:
+                    text += (f"; of it, the training cell: {nb['cpu_training'][0]} steps in "
+                             f"{nb['cpu_training'][1]} s")
+                totals[profile] += nb["cpu_seconds"]
+                counted[profile] += 1
             elif profile == "cpu":
                 text = f"not measured yet: `COURSE_PROFILE=cpu python scripts/run_notebooks.py {nb['number']}` measures it"
                 if nb["training"] and qlora_train:
@@ -215,17 +231,22 @@ def current_block(text: str) -> str:
 
 
 README = ROOT / "README.md"
-README_ROW = re.compile(r"^(\| (\d\d) \| \[[^\]]+\]\(notebooks/[^)]+\) \| [^|]+ \| )([^|]+)( \| .*)$", re.M)
+README_ROW = re.compile(r"^(\| (\d\d) \| \[[^\]]+\]\(notebooks/[^)]+\) \| [^|]+ \| )([^|]+) \| ([^|]+)( \| .*)$",
+                        re.M)
 
 
 def readme_times(text: str, notebooks: list[dict]) -> str:
-    """README.md with its notebook table's time column set to each notebook's measured offline run time."""
-    measured = {nb["number"]: nb["seconds"] for nb in notebooks if nb["profile"] == "offline" and nb["seconds"]}
+    """README.md with its notebook table's two time columns set to each notebook's measured run time in the
+    offline profile and in the cpu profile."""
+    offline = {nb["number"]: nb["seconds"] for nb in notebooks if nb["profile"] == "offline" and nb["seconds"]}
+    cpu = {nb["number"]: nb["cpu_seconds"] for nb in notebooks if nb["cpu_seconds"]}
+
+    def shown(value) -> str:
+        return f"{value:.0f} s" if value is not None else "not measured yet"
 
     def cell(match: re.Match) -> str:
-        value = measured.get(match.group(2))
-        shown = f"{value:.0f} s" if value is not None else "not measured yet"
-        return f"{match.group(1)}{shown}{match.group(4)}"
+        number = match.group(2)
+        return f"{match.group(1)}{shown(offline.get(number))} | {shown(cpu.get(number))}{match.group(5)}"
 
     return README_ROW.sub(cell, text)
 

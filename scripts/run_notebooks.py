@@ -2,6 +2,8 @@
 
     python scripts/run_notebooks.py                   # all notebooks -> build/notebooks/, times printed
     python scripts/run_notebooks.py --inplace 01      # refresh the committed outputs of notebook 01
+    COURSE_PROFILE=cpu python scripts/run_notebooks.py --record benchmarks/results/notebooks_cpu.json
+                                                      # every notebook on SmolLM2: times and text outputs kept
 
 Each executed notebook is stamped with a hash of its code cells (metadata.course.code_sha256), so a test can
 tell when the code changed after the outputs were made. Widget state is stripped: it breaks GitHub's renderer.
@@ -48,7 +50,17 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def execute(path: Path, timeout: int = 600, retries: int = 1) -> tuple[nbformat.NotebookNode, float]:
+WIDGET_CELL_TIMEOUT = 120  # seconds: a cell that shows the course's widgets computes for a second or two
+
+
+def shows_widgets(cell) -> bool:
+    """Whether a code cell shows the course's ipywidgets: nbclient can miss such a cell's reply and wait for its
+    whole timeout (jupyter/nbclient#312; seen on notebook 02), so these cells get a short one and, when it
+    passes, the notebook runs again."""
+    return cell.cell_type == "code" and "course_utils.widgets" in cell.source
+
+
+def execute(path: Path, timeout: int = 600, retries: int = 2) -> tuple[nbformat.NotebookNode, float]:
     """Run a notebook with a fresh kernel (at most `timeout` s a cell); returns it and its wall time in seconds.
 
     Checkpoints and adapters the notebook saves go to a fresh temporary folder for every attempt, so a run
@@ -58,6 +70,7 @@ def execute(path: Path, timeout: int = 600, retries: int = 1) -> tuple[nbformat.
     for attempt in range(retries + 1):
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                                timeout_func=lambda cell: WIDGET_CELL_TIMEOUT if shows_widgets(cell) else timeout,
                                 resources={"metadata": {"path": str(path.parent)}})
         with tempfile.TemporaryDirectory(prefix="course-run-") as scratch:  # a fresh one for every attempt
             env["COURSE_CHECKPOINT_ROOT"] = scratch
@@ -77,6 +90,34 @@ def execute(path: Path, timeout: int = 600, retries: int = 1) -> tuple[nbformat.
 
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def outputs_text(nb) -> str:
+    """Everything a notebook's outputs say in text (streams, plain text and HTML, tracebacks), not its pictures."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            parts.extend(str(v) for k, v in out.get("data", {}).items() if not k.startswith("image/"))
+            parts.extend(out.get("traceback", []))
+    return "\n".join(parts)
+
+
+def record(path: Path, runs: dict[str, tuple]) -> None:
+    """Write what a run in one profile printed, per notebook (its code hash, seconds and text outputs, the day and
+    the load average), into `path`, keeping the other notebooks' entries: the README's times for that profile and
+    the prose check of tests/test_profile_numbers.py read it."""
+    profile = os.environ.get("COURSE_PROFILE", "offline")
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    notebooks = saved.get("notebooks", {}) if saved.get("profile") == profile else {}
+    for name, (nb, seconds) in runs.items():
+        notebooks[name] = {"code_sha256": code_hash(nb), "seconds": round(seconds, 1), "date": time.strftime("%Y-%m-%d"),
+                           "load_average": round(os.getloadavg()[0], 2), "outputs": outputs_text(nb)}
+    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    path.write_text(json.dumps({"profile": profile,
+                                "command": f"COURSE_PROFILE={profile} python scripts/run_notebooks.py --record {where}",
+                                "cpu_threads": os.cpu_count(), "notebooks": dict(sorted(notebooks.items()))},
+                               indent=1) + "\n")
 
 
 def drop_widget_views(nb) -> None:
@@ -107,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="notebook file-name prefixes, e.g. 01 02 (default: all)")
     parser.add_argument("--inplace", action="store_true", help="write the outputs back into notebooks/")
     parser.add_argument("--out", default="build/notebooks", help="folder for executed copies (default %(default)s)")
+    parser.add_argument("--record", help="also write each notebook's time and text outputs to this JSON file")
     args = parser.parse_args(argv)
 
     paths = notebook_paths(args.names)
@@ -116,14 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     out = NOTEBOOKS if args.inplace else (ROOT / args.out)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    runs: dict[str, tuple] = {}
     for path in paths:
         print(f"running {path.name} ...", flush=True)
         nb, seconds = execute(path)
+        runs[path.name] = (nb, seconds)
         nbformat.write(nb, out / path.name)
         times[path.name] = round(seconds, 1)
         print(f"  {seconds:6.1f} s  -> {out / path.name}", flush=True)
     total = sum(times.values())
     print(f"{len(times)} notebooks in {total:.1f} s")
+    if args.record:
+        record(Path(args.record).resolve(), runs)
     if not args.inplace:
         (out.parent / "run_times.json").write_text(json.dumps({"seconds": times, "total": round(total, 1)}, indent=1))
     return 0

@@ -44,8 +44,9 @@ def test_a_finished_run_is_kept_and_the_next_run_trains_live(task, tmp_path, cap
 
 
 def test_steps_not_a_multiple_of_checkpoint_every_still_finish(task, tmp_path, capsys):
-    """34 steps saved every 8 (the cpu preset): the last step is saved too, so a rehearsal is seen as finished
-    and the live run trains all its steps, instead of 'resuming' for the last two."""
+    """Steps not a multiple of checkpoint_every (as a live STEPS may be): the last step
+    is saved too, so a rehearsal is seen as finished and the live run trains all its steps, instead of 'resuming'
+    for the last two."""
     train_config = config(tmp_path, keep_checkpoints=2)
     train_config = replace(train_config, steps=5, checkpoint_every=2)
     run(task, train_config)

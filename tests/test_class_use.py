@@ -93,7 +93,8 @@ def test_notebook_06_as_a_class_drives_it(nb06):
     kernel, cells = nb06
     save, reload = cell_starting(cells, 'adapter_dir = run_dir / "adapter"\nmodel.save'), \
         cell_starting(cells, "from peft import PeftModel")
-    merge = cell_starting(cells, "with torch.no_grad():\n    adapter_em")
+    merge = cell_starting(cells, "def merged_copy(base):")
+    merges = [merge, merge + 1, merge + 2, merge + 3]  # the helpers, then into NF4, 16-bit, full precision
 
     # A bad knob: a sentence, nothing trained, no traceback (item 10).
     for bad in (-5, 0, 3.5, "eighty"):
@@ -126,9 +127,14 @@ def test_notebook_06_as_a_class_drives_it(nb06):
         assert "trained vs reloaded: 0.00e+00" in out and "ERROR" not in out, out
     assert "ERROR" not in (out := kernel.run(cells[save])), out  # the cells above still have a model
 
-    # The merge cell twice: the same numbers, and `reloaded` is never merged in place (item 6).
-    outs = [kernel.run(cells[merge]) for _ in range(2)]
+    # The merge cells before section 9's score: a sentence naming what to run; then twice: the same numbers, and
+    # `reloaded` is never merged in place (item 6).
+    early = "".join(kernel.run(cells[i]) for i in merges)
+    assert early.count("Run sections 9 and 10 first") == 3 and "ERROR" not in early, early
+    assert "ERROR" not in (out := kernel.run(cells[cell_starting(cells, 'if "result" not in globals()')])), out
+    outs = ["".join(kernel.run(cells[i]) for i in merges) for _ in range(2)]
     assert "ERROR" not in "".join(outs) and outs[0] == outs[1], outs
+    assert outs[0].count("merged into") == 3, outs[0]
 
     # The profile cell run again with another profile, then only later cells: a sentence naming the cells to run,
     # nothing trained under the wrong name (item 5).

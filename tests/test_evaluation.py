@@ -178,3 +178,15 @@ def test_generation_stops_after_the_first_line(task):
     stopped = evaluation.generate_texts(model, tokenizer, prompts, max_new_tokens=40, first_line=True)
     assert stopped == [evaluation.cut_after_first_line(text) for text in free]
     assert all("\n" not in text.strip() for text in stopped)
+
+
+def test_interval_is_wilsons():
+    """Wilson's score interval against values worked by hand: 0 of n gives [0, z^2 / (n + z^2)]; 5 of 10 gives the
+    textbook [0.237, 0.763]; it narrows as n grows and stays inside [0, 1]."""
+    from course_utils.evaluation import interval
+
+    assert interval(0.0, 100) == pytest.approx((0.0, 1.96**2 / (100 + 1.96**2)))
+    assert interval(0.5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert interval(1.0, 50)[1] == pytest.approx(1.0) and interval(1.0, 50)[0] < 1.0
+    assert interval(0.9, 400)[1] - interval(0.9, 400)[0] < interval(0.9, 100)[1] - interval(0.9, 100)[0]
+    assert interval(0.3, 0) == (0.0, 1.0)

@@ -57,7 +57,8 @@ def test_the_committed_run_times_are_what_the_script_generates_now():
 
 
 def test_the_readme_states_each_notebooks_measured_time():
-    """The README's table shows what each notebook's metadata measured, not a typed "< 2 min"."""
+    """The README's table shows what each notebook's metadata (offline) and the cpu-profile record measured, not a
+    typed "< 2 min"."""
     readme = instructor_guide.README.read_text()
     rows = instructor_guide.README_ROW.findall(readme)
     assert len(rows) == len(instructor_guide.notebook_paths())
@@ -66,6 +67,9 @@ def test_the_readme_states_each_notebooks_measured_time():
         assert row[2] == f"{nb['seconds']:.0f} s", (
             f"README's time for notebook {nb['number']} is {row[2]!r}, measured {nb['seconds']} s: "
             "run `python scripts/instructor_guide.py`")
+        assert nb["cpu_seconds"] is not None, f"notebook {nb['number']} has no cpu-profile run recorded"
+        assert row[3] == f"{nb['cpu_seconds']:.0f} s", (
+            f"README's cpu-profile time for notebook {nb['number']} is {row[3]!r}, measured {nb['cpu_seconds']} s")
 
 
 def test_check_fails_on_a_stale_guide_and_the_rewrite_fixes_it(tmp_path, monkeypatch, capsys):
@@ -86,6 +90,7 @@ def test_check_fails_on_a_stale_guide_and_the_rewrite_fixes_it(tmp_path, monkeyp
 
 def test_the_table_holds_every_notebooks_measured_seconds_and_no_invented_ones():
     table = instructor_guide.render()
+    cpu_record = json.loads(instructor_guide.CPU_RECORD.read_text())["notebooks"]
     for path in NOTEBOOKS:
         stamp = json.loads(path.read_text())["metadata"].get("course", {})
         row = next(line for line in table.splitlines() if f"(notebooks/{path.name})" in line)
@@ -93,6 +98,8 @@ def test_the_table_holds_every_notebooks_measured_seconds_and_no_invented_ones()
         for profile, cell in zip(instructor_guide.PROFILES, cells):
             if stamp.get("profile") == profile:
                 assert cell.startswith(f"{stamp['run_seconds']:.1f} s"), (path.name, profile, cell)
+            elif profile == "cpu":  # the recorded cpu-profile run
+                assert cell.startswith(f"{cpu_record[path.name]['seconds']:.1f} s"), (path.name, profile, cell)
             else:
                 assert cell.startswith("not measured yet: "), (path.name, profile, cell)
     assert "not measured yet: `bash scripts/gpu_check.sh OUT_DIR` on a GPU machine measures it" in table

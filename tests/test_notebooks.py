@@ -6,7 +6,7 @@ import re
 import nbformat
 import pytest
 
-from scripts.run_notebooks import WIDGET_VIEW, code_hash, execute, notebook_paths
+from scripts.run_notebooks import WIDGET_VIEW, code_hash, execute, notebook_paths, outputs_text
 from tests.conftest import NOTEBOOK_TIMES
 
 NOTEBOOKS = notebook_paths()
@@ -22,16 +22,6 @@ MACHINE_PATH = re.compile(r"(?<![\w.~$])/(?:work|tmp|home|root|content|usr|opt|v
 RAW_WIDGET_REPR = re.compile(r"\b(?:H|V)?Box\(children=|\b(?:Dropdown|Output|Checkbox|SelectMultiple|"
                              r"SelectionSlider|IntSlider|FloatSlider|HTML|Button)\((?:description|layout|options|"
                              r"outputs|value|children)=")
-
-
-def outputs_text(nb) -> str:
-    parts = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            parts.append(out.get("text", ""))
-            parts.extend(str(v) for k, v in out.get("data", {}).items() if not k.startswith("image/"))
-            parts.extend(out.get("traceback", []))
-    return "\n".join(parts)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -255,3 +255,23 @@ def test_exercise_checkers(capsys):
     assert not nb05.check_70b_nf4_bytes(n * 4 / 8, n * 4 / 8)
     assert not nb05.check_70b_nf4_bytes(None, None)
     assert "Correct" in capsys.readouterr().out
+
+
+def test_dequantized_is_the_4bit_function_in_plain_layers(tiny_model_dir):
+    """`dequantized` unpacks every Linear4bit into a plain Linear: in float32 the logits are the 4-bit model's (it
+    computes with the same dequantized weights); in bf16 they differ by 16-bit rounding only, far less than the
+    4-bit rounding that separates the 4-bit model from the never-rounded base."""
+    from transformers import AutoModelForCausalLM
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    model4 = load_4bit(tiny_model_dir, double_quant=True)
+    Q.keep_standard_4bit_layout(model4)  # as runtime.load_model does on a CPU
+    with torch.no_grad():
+        four = model4(ids).logits
+        full = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)(ids).logits
+        plain32 = Q.dequantized(load_4bit(tiny_model_dir, double_quant=True), torch.float32)
+        plain16 = Q.dequantized(load_4bit(tiny_model_dir, double_quant=True), torch.bfloat16)
+        assert not any(isinstance(m, bnb.nn.Linear4bit) for m in [*plain32.modules(), *plain16.modules()])
+        assert next(plain16.parameters()).dtype == torch.bfloat16
+        assert torch.allclose(plain32(ids).logits, four, atol=1e-4)
+        rounding16 = (plain16(ids).logits.float() - four).abs().max()
+    assert rounding16 < (full - four).abs().max() / 2, rounding16
