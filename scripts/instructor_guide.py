@@ -55,6 +55,12 @@ def stream_text(nb: dict) -> str:
                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
 
 
+def training_of(text: str) -> tuple[int, int] | None:
+    """(steps, seconds) from the line notebook 06's training cell prints, or None."""
+    found = TRAINING_LINE.search(text)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
 def read_notebooks() -> list[dict]:
     """Number, file, title, the profile its outputs were made in, its run time, and a training line if any; and
     its run in the cpu profile from CPU_RECORD (`cpu_seconds`, `cpu_training`), where there is one."""
@@ -63,14 +69,11 @@ def read_notebooks() -> list[dict]:
     for path in notebook_paths():
         nb = json.loads(path.read_text())
         stamp = nb.get("metadata", {}).get("course", {})
-        training = TRAINING_LINE.search(stream_text(nb))
         cpu = record.get(path.name, {})
-        cpu_training = TRAINING_LINE.search(cpu.get("outputs", ""))
         rows.append({"number": path.name[:2], "file": path.name, "title": notebook_title(nb, path),
                      "profile": stamp.get("profile"), "seconds": stamp.get("run_seconds"),
-                     "training": (int(training.group(1)), int(training.group(2))) if training else None,
-                     "cpu_seconds": cpu.get("seconds"),
-                     "cpu_training": (int(cpu_training.group(1)), int(cpu_training.group(2))) if cpu_training else None})
+                     "training": training_of(stream_text(nb)),
+                     "cpu_seconds": cpu.get("seconds"), "cpu_training": training_of(cpu.get("outputs", ""))})
     return rows
 
 

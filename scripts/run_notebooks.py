@@ -157,15 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = NOTEBOOKS if args.inplace else (ROOT / args.out)
     out.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
     runs: dict[str, tuple] = {}
     for path in paths:
         print(f"running {path.name} ...", flush=True)
         nb, seconds = execute(path)
         runs[path.name] = (nb, seconds)
         nbformat.write(nb, out / path.name)
-        times[path.name] = round(seconds, 1)
         print(f"  {seconds:6.1f} s  -> {out / path.name}", flush=True)
+    times = {name: round(seconds, 1) for name, (_, seconds) in runs.items()}
     total = sum(times.values())
     print(f"{len(times)} notebooks in {total:.1f} s")
     if args.record:
