@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv_path.sh
 with_venv "$@"
-"$venv/bin/python" -m pytest "${args[@]}"
+"$venv/bin/python" -m pytest --durations=25 "${args[@]}"  # the 25 slowest tests listed at the end

@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_terminal_summary(terminalreporter):
     if NOTEBOOK_TIMES:
-        terminalreporter.section("notebook run times (offline profile, fresh kernel)")
+        terminalreporter.section("notebook run times (fresh kernel; the offline profile unless marked)")
         for name, seconds in NOTEBOOK_TIMES.items():
             terminalreporter.write_line(f"{seconds:7.1f} s  {name}")
         terminalreporter.write_line(f"{sum(NOTEBOOK_TIMES.values()):7.1f} s  all notebooks")

@@ -18,8 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CPU_RECORD = ROOT / "benchmarks" / "results" / "notebooks_cpu.json"
 # Words that tie a sentence to one model or profile: its numbers may be that model's alone.
 NAMES_A_MODEL = re.compile(r"offline|cpu profile|gpu profile|course's (?:small |own )?(?:model|Llama)|SmolLM2|"
-                           r"\b\d+B\b|\bT4\b|Llama 3\.1", re.IGNORECASE)
+                           r"\b\d+B\b|\bT4\b|Llama 3\.1|"
+                           r"\bpaper\b|\bTable \d|\u00a7", re.IGNORECASE)  # or cite a source: not the model's
 NUMBER = re.compile(r"(?<![\w.,/-])\d[\d,]*(?:\.\d+)?%?(?![\w/-])")
+# What a run prints that changes from run to run on the same model: progress bars and measured times.
+RUN_TO_RUN = re.compile(r"[^\n\r]*\|[#\u2588 ]*\|[^\n\r]*|\[\d+:\d\d[^\]\n]*\]|"
+                        r"\d[\d,]*(?:\.\d+)? ?(?:ms|s|sec|seconds?|min|minutes?)(?:/it)?\b|\d+(?:\.\d+)?it/s")
 
 
 def prose_sentences(nb) -> list[str]:
@@ -42,7 +46,7 @@ def numbers_in(text: str) -> set[str]:
 def unnamed_profile_numbers(nb, offline_out: str, cpu_out: str) -> list[tuple[str, str]]:
     """(number, sentence) for each number of the prose that only one profile's outputs print, in a sentence that
     names no model or profile."""
-    offline, cpu = numbers_in(offline_out), numbers_in(cpu_out)
+    offline, cpu = (numbers_in(RUN_TO_RUN.sub(" ", out)) for out in (offline_out, cpu_out))
     return [(n, s) for s in prose_sentences(nb) if not NAMES_A_MODEL.search(s)
             for n in sorted(numbers_in(s)) if (n in offline) != (n in cpu)]
 
@@ -53,6 +57,16 @@ def test_the_check_flags_a_number_only_one_profile_prints():
     flagged = unnamed_profile_numbers(nb, "exact match 0.0% -> 100.0%, 80 steps", "exact match 0.0% -> 95.0%")
     assert flagged == [("100.0%", "Exact match goes from 0.0% to 100.0% after 80 steps."),
                        ("80", "Exact match goes from 0.0% to 100.0% after 80 steps.")]
+
+
+def test_times_and_progress_bars_are_not_what_a_profile_prints():
+    """They change from run to run: a prose number that a run's clock happens to print (12 s, [00:50<00:10])
+    is not the model's (CI failed on that once)."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        "Adam keeps 12 bytes per weight. We check 50 requests. The paper counts 2 + 2 + 7 bytes.")])
+    offline = "wall time: 12 s\ntraining:  50%|#####     | 20/40 [00:50<01:17,  3.88s/it]\n50 requests"
+    assert unnamed_profile_numbers(nb, offline, "wall time: 9.5 s\n50 requests\n7 bytes") == []
+    assert unnamed_profile_numbers(nb, "12 bytes", "wall time: 3 s") == [("12", "Adam keeps 12 bytes per weight.")]
 
 
 @pytest.fixture(scope="module")
