@@ -83,11 +83,11 @@ class SweepPoint:
 
     def label(self) -> str:
         if self.method == "full":
-            return f"full FT, lr {self.lr:g}"
+            return f"full FT, lr {self.lr:g}" + (f", seed {self.seed}" if self.seed else "")
         rule = "rsLoRA " if self.scaling == "alpha/sqrt(r)" else ""
         return (f"{self.method.replace('lora', 'LoRA').replace('dora', 'DoRA')} {rule}r={self.r} "
                 f"alpha={self.lora_alpha:g} on {','.join(t.replace('_proj', '') for t in self.targets)}, "
-                f"lr {self.lr:g}")
+                f"lr {self.lr:g}") + (f", seed {self.seed}" if self.seed else "")
 
 
 @dataclass
@@ -250,3 +250,30 @@ def best(results: list[dict], key: str = "val_loss", **where) -> dict:
     if not rows:
         raise ValueError(f"no result matches {where}")
     return min(rows, key=lambda r: r[key])
+
+
+def load_results(name: str = "lora_sweeps.json") -> dict:
+    """A committed sweep (benchmarks/results/`name`): its command, versions, seeds and results by grid."""
+    import json
+    from course_utils.runtime import repo_root
+    return json.loads((repo_root() / "benchmarks" / "results" / name).read_text())
+
+
+def committed_run(results: dict[str, list[dict]], point: SweepPoint) -> dict | None:
+    """The committed run of exactly this setting and seed, or None if the sweep did not run it."""
+    return next((r for rows in results.values() for r in rows if SweepPoint.from_dict(r["point"]) == point), None)
+
+
+def live_against_committed(live: dict, committed: dict | None, tolerance: float) -> str:
+    """What notebook 07 prints after a live point: its numbers, and whether the sweep's run of it agrees."""
+    lines = [f"{live['label']}", f"  live: validation loss {live['val_loss']:.4f}, loss on the base's text "
+                                 f"{live['forget_loss_after']:.4f}, exact match {live['exact_match']:.0%}"]
+    if live["val_loss"] != live["val_loss"]:  # nan: the only number not equal to itself
+        lines.append("  the loss became nan: training diverged at this rate; try one ten times smaller.")
+    if committed is None:
+        return "\n".join(lines + ["  this setting is not in the committed sweep: a new point (the plot shows it "
+                                  "alone)"])
+    same = all(abs(live[k] - committed[k]) <= tolerance * committed[k] for k in ("val_loss", "forget_loss_after"))
+    return "\n".join(lines + [f"  committed: {committed['val_loss']:.4f}, {committed['forget_loss_after']:.4f}, "
+                              f"{committed['exact_match']:.0%}",
+                              f"  the same within the sweep's stated tolerance ({tolerance:.0%}): {same}"])

@@ -83,11 +83,15 @@ PRESETS: dict[str, TrainConfig] = {
     "cpu": TrainConfig(steps=40, batch_size=16, grad_accum=1, lr=3.5e-3, warmup_steps=4, decay_from=0.5,
                        max_length=96, lora_targets=LINEAR_KINDS, lora_dropout=0.0, lora_top_layers=20),
     # Llama 3.1 8B in NF4 on a 15 GB T4: small micro-batches, accumulation, checkpointing, 8-bit paged AdamW.
+    # LoRA on all seven projections, as QLoRA's paper found necessary (section 4) and notebook 07 measures:
+    # +0.6 GB and ~1% more matmul work than q,k,v,o on the estimate (notebook 07, section 10).
     "t4": TrainConfig(steps=150, batch_size=4, grad_accum=4, lr=2e-4, warmup_steps=10, max_length=96,
-                      optimizer="paged_adamw_8bit", mixed_precision="fp16", gradient_checkpointing=True),
+                      optimizer="paged_adamw_8bit", mixed_precision="fp16", gradient_checkpointing=True,
+                      lora_targets=LINEAR_KINDS),
     # Ampere and newer (A100, L4, H100): bf16 compute, bigger micro-batches.
     "ampere": TrainConfig(steps=150, batch_size=8, grad_accum=2, lr=2e-4, warmup_steps=10, max_length=96,
-                          optimizer="paged_adamw_8bit", mixed_precision="bf16", gradient_checkpointing=True),
+                          optimizer="paged_adamw_8bit", mixed_precision="bf16", gradient_checkpointing=True,
+                          lora_targets=LINEAR_KINDS),
 }
 
 

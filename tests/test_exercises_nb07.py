@@ -4,6 +4,7 @@ here from the committed sweep and from PEFT on the meta device, not from the che
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -24,10 +25,18 @@ def peft_count(r, targets):
     return model.get_nb_trainable_parameters()[0]
 
 
+def mean_best_lr(rows: list[dict], method: str) -> float:
+    """The rate with the lowest validation loss averaged over its seeds, worked out here without course_utils."""
+    by_lr: dict[float, list[float]] = {}
+    for r in rows:
+        if r["point"]["method"] == method:
+            by_lr.setdefault(r["point"]["lr"], []).append(r["val_loss"])
+    return min(by_lr, key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
+
+
 def test_best_lora_lr_is_read_off_the_committed_sweep(capsys):
     rows = json.loads(lora_sweeps.RESULTS.read_text())["results"]["lr"]
-    lora = min((r for r in rows if r["point"]["method"] == "lora"), key=lambda r: r["val_loss"])["point"]["lr"]
-    full = min((r for r in rows if r["point"]["method"] == "full"), key=lambda r: r["val_loss"])["point"]["lr"]
+    lora, full = mean_best_lr(rows, "lora"), mean_best_lr(rows, "full")
     assert_right(capsys, nb07.check_best_lora_lr, lora)
     if full != lora:
         assert "full fine-tuning" in assert_wrong_words(capsys, nb07.check_best_lora_lr, full)
@@ -66,11 +75,13 @@ def test_rslora_scale(capsys):
         assert_wrong_words(capsys, nb07.check_rslora_scale, odd)
 
 
-def test_alpha_habit_is_b(capsys):
-    assert_right(capsys, nb07.check_alpha_habit, "b")
-    assert_right(capsys, nb07.check_alpha_habit, "(B)")
-    for wrong in "acd":
-        assert_wrong_words(capsys, nb07.check_alpha_habit, wrong, "(b)")
+def test_alpha_habit_is_c(capsys):
+    assert_right(capsys, nb07.check_alpha_habit, "c")
+    assert_right(capsys, nb07.check_alpha_habit, "(C)")
+    for wrong in "abd":
+        assert_wrong_words(capsys, nb07.check_alpha_habit, wrong, "(c)")
+    lengths = sorted((len(text), letter) for letter, text in nb07.ALPHA_HABIT.items())
+    assert lengths[-1][1] != "c" or lengths[-1][0] < 1.2 * lengths[-2][0], "the right option stands out by length"
     assert "letter" in verdict(capsys, nb07.check_alpha_habit, None)[1]
     for odd in ODD:
         if not isinstance(odd, str):
@@ -79,8 +90,7 @@ def test_alpha_habit_is_b(capsys):
 
 def test_real_lr_ratio_is_read_off_the_smollm2_sweep(capsys):
     rows = json.loads(lora_sweeps.REAL_RESULTS.read_text())["results"]["smollm2-lr"]
-    best = {m: min((r for r in rows if r["point"]["method"] == m), key=lambda r: r["val_loss"])["point"]["lr"]
-            for m in ("lora", "full")}
+    best = {m: mean_best_lr(rows, m) for m in ("lora", "full")}
     ratio = best["lora"] / best["full"]
     assert_right(capsys, nb07.check_real_lr_ratio, ratio)
     assert_right(capsys, nb07.check_real_lr_ratio, round(ratio, 1))
@@ -89,3 +99,44 @@ def test_real_lr_ratio_is_read_off_the_smollm2_sweep(capsys):
     assert "section 9" in verdict(capsys, nb07.check_real_lr_ratio, None)[1]
     for odd in ODD[:6]:
         assert_wrong_words(capsys, nb07.check_real_lr_ratio, odd)
+
+
+def test_rank_prediction_is_the_fastest_rank_after_10_steps(capsys):
+    rows = json.loads(lora_sweeps.RESULTS.read_text())["results"]["rank"]
+    at10: dict[int, list[float]] = {}
+    for r in rows:
+        at10.setdefault(r["point"]["r"], []).append(dict(map(tuple, r["eval_curve"]))[10])
+    fastest = min((1, 16, 128), key=lambda r: sum(at10[r]) / len(at10[r]))
+    assert_right(capsys, nb07.check_rank_prediction, fastest)
+    for wrong in {1, 16, 128} - {fastest}:
+        assert_wrong_words(capsys, nb07.check_rank_prediction, wrong, f"r = {fastest}")
+    assert "before you look" in verdict(capsys, nb07.check_rank_prediction, None)[1]
+    for odd in (3, "one", -1, 2.5):
+        assert verdict(capsys, nb07.check_rank_prediction, odd)[0] is False
+
+
+def test_seed_prediction_checks_the_range_against_the_new_run(capsys):
+    three = [0.15, 0.16, 0.17]
+    check = functools.partial(nb07.check_seed_prediction, new_loss=0.155, committed=three)
+    ok, out = verdict(capsys, check, (0.14, 0.18))
+    assert ok and "inside" in out
+    outside = functools.partial(nb07.check_seed_prediction, new_loss=0.13, committed=three)
+    ok, out = verdict(capsys, outside, (0.18, 0.14))  # either order
+    assert not ok and "outside" in out and "widen" in out
+    ok, out = verdict(capsys, check, (0.0, 10.0))
+    assert not ok and "says little" in out
+    for blank in (None, 0.15, ("a", "b"), (1, 2, 3)):
+        assert verdict(capsys, check, blank)[0] is False
+
+
+def test_real_difference_follows_the_committed_dora_runs(capsys):
+    rows = json.loads(lora_sweeps.RESULTS.read_text())["results"]["dora"]
+    best = {m: mean_best_lr(rows, m) for m in ("lora", "dora")}
+    seeds = {m: [r["val_loss"] for r in rows if r["point"]["method"] == m and r["point"]["lr"] == best[m]]
+             for m in best}
+    right = "a" if max(seeds["dora"]) < min(seeds["lora"]) else "b" if min(seeds["dora"]) > max(seeds["lora"]) else "c"
+    assert_right(capsys, nb07.check_real_difference, right)
+    for wrong in set("abcd") - {right}:
+        assert_wrong_words(capsys, nb07.check_real_difference, wrong, f"({right})")
+    lengths = sorted(len(text) for text in nb07.REAL_DIFFERENCE.values())
+    assert lengths[-1] < 1.2 * lengths[-2]  # no option stands out by its length

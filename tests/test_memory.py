@@ -213,15 +213,15 @@ def test_checkpointing_keeps_one_input_per_layer():
     assert with_gc["one recomputed layer"] * config.num_hidden_layers == without["decoder layers"]
 
 
-def test_t4_preset_for_the_8b_is_about_10_gb_and_fits():
-    # The preset of notebook 06: Llama 3.1 8B in NF4 after prepare_model_for_kbit_training, LoRA r=32 on q, k, v, o
-    # (dropout 0.1), batch 4 x 96 tokens, checkpointing, paged 8-bit AdamW, fp16 autocast on a T4.
+def test_t4_preset_for_the_8b_is_about_11_gb_and_fits():
+    # The preset of notebook 06: Llama 3.1 8B in NF4 after prepare_model_for_kbit_training, LoRA r=32 on all seven
+    # projections (dropout 0.1), batch 4 x 96 tokens, checkpointing, paged 8-bit AdamW, fp16 autocast on a T4.
     from course_utils.training import PRESETS
     config = load_config("llama-3.1-8b")
     estimate = preset_memory(config, PRESETS["t4"])
     assert estimate.settings["prepared"] and estimate.settings["lora_dropout"] == 0.1
-    assert 9.9e9 < estimate.total < 10.2e9 and estimate.fits("T4") and estimate.suggestion("T4") == ""
-    assert "About 10.1 GB" in estimate.verdict() and "T4" in estimate.verdict()
+    assert 10.5e9 < estimate.total < 10.8e9 and estimate.fits("T4") and estimate.suggestion("T4") == ""
+    assert "About 10.7 GB" in estimate.verdict() and "T4" in estimate.verdict()
     # lm_head (fp32 once prepared) copied to fp16 for the backward pass: 128,256 x 4,096 x 2 bytes
     assert estimate.copy_parts["lm_head (16-bit copy)"] == 128_256 * 4_096 * 2 == 1_050_673_152
     assert estimate.parts()[COPIES_PART] == estimate.autocast_copies == sum(estimate.copy_parts.values())

@@ -13,6 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from course_utils import checkpoints, data, lora, memory, plots, pretraining, training
 from course_utils.architecture import empty_model
 from course_utils.configs import load_config
+from course_utils.lora import lora_params
+from course_utils.params import LINEAR_KINDS
 
 
 def memory_linear_suffixes() -> tuple[str, ...]:
@@ -196,7 +198,7 @@ def test_presets_and_the_t4_memory_estimate():
     t4 = training.PRESETS["t4"]
     est = memory.preset_memory(llama8b, t4)
     assert est.total < 14.7e9 and est.fits("T4"), est.verdict()
-    plain = memory.training_memory(llama8b, "qlora", rank=32, targets=lora.COURSE_TARGETS, batch_size=t4.batch_size,
+    plain = memory.training_memory(llama8b, "qlora", rank=32, targets=t4.lora_targets, batch_size=t4.batch_size,
                                    seq_len=t4.max_length, gradient_checkpointing=True, optimizer="adamw_8bit",
                                    compute_dtype="fp16")
     # prepare_model_for_kbit_training upcasts what stays unquantized (embeddings, lm_head, norms) fp16 -> fp32
@@ -205,8 +207,11 @@ def test_presets_and_the_t4_memory_estimate():
     assert est.weights - plain.weights == 2 * unquantized
     # under fp16 autocast, F.linear keeps a 16-bit copy of the fp32 lm_head for the backward pass (1.05 GB)
     assert est.copy_parts["lm_head (16-bit copy)"] == 2 * llama8b.vocab_size * llama8b.hidden_size
-    assert 9.9e9 < est.total < 10.2e9
-    assert est.trainable_params == 27_262_976  # PEFT's count for r=32 on q,k,v,o (tests/test_lora.py)
+    assert 10.5e9 < est.total < 10.8e9
+    assert tuple(t4.lora_targets) == LINEAR_KINDS  # all seven projections (notebook 07, section 10)
+    assert est.trainable_params == lora_params(llama8b, 32, LINEAR_KINDS) == 83_886_080  # checked against PEFT
+    qkvo = memory.preset_memory(llama8b, t4, targets=lora.COURSE_TARGETS)
+    assert qkvo.trainable_params == 27_262_976 and 0.5e9 < est.total - qkvo.total < 0.7e9
     no_ckpt = memory.preset_memory(llama8b, replace(t4, gradient_checkpointing=False, batch_size=16))
     assert no_ckpt.activations > 4 * est.activations and not no_ckpt.fits("T4")
 
@@ -257,7 +262,6 @@ def test_a_4bit_model_on_the_cpu_gives_the_same_outputs_after_a_save(tmp_path):
 
 def test_exercise_checkers_of_notebook_06(task):
     from course_utils.exercises import nb06
-    from course_utils.lora import lora_params
     splits, tokenizer = task
     # which kinds require grad: read off a real PEFT model (its base is a stand-in for the course's model)
     model = tiny_lora_model(tokenizer)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import math
 
+from course_utils import claims
 from course_utils.configs import load_config
-from course_utils.exercises import choice, close, not_a_number, report
+from course_utils.exercises import choice, close, not_a_number, not_numbers, report
 from course_utils.lora import lora_params
 from course_utils.params import LINEAR_KINDS
 from course_utils.runtime import repo_root
@@ -22,9 +23,9 @@ def sweep_results(path: tuple[str, ...] = RESULTS) -> dict:
 
 
 def best_lr(method: str, grid: str = "lr", path: tuple[str, ...] = RESULTS) -> float:
-    """The learning rate with the lowest validation loss in a learning-rate grid, for "lora" or "full"."""
-    rows = [r for r in sweep_results(path)[grid] if r["point"]["method"] == method]
-    return min(rows, key=lambda r: r["val_loss"])["point"]["lr"]
+    """The learning rate with the lowest mean validation loss (over its seeds) in a learning-rate grid, for
+    "lora" or "full"."""
+    return claims.best(claims.group(sweep_results(path)[grid], method=method)).group["lr"]
 
 
 def check_best_lora_lr(answer: float) -> bool:
@@ -99,22 +100,99 @@ def check_real_lr_ratio(answer: float) -> bool:
 
 # Multiple choice: what the habit alpha = 2r does when you change r (the notebook prints the options).
 ALPHA_HABIT = {
-    "a": "Nothing: the factor alpha / r is 2 at every rank, so the update B A x keeps its size when r grows.",
-    "b": "The factor alpha / r stays 2, yet the update B A x is a sum over r rank-one pieces; with Adam each "
-         "piece moves at about the learning rate, so a higher rank makes bigger updates, and the best "
-         "learning rate moves with r.",
-    "c": "It makes LoRA equal to full fine-tuning once r reaches the layer's width.",
-    "d": "It halves the memory of the optimizer states.",
+    "a": "Nothing changes: the factor alpha / r is 2 at every rank, so the update B A x keeps the same size "
+         "whatever r is.",
+    "b": "It makes LoRA equal to full fine-tuning once r reaches the layer's width, so the rate found at a low "
+         "rank still works.",
+    "c": "B A x sums r rank-one pieces, each moved by Adam at about the learning rate: at a fixed factor, more "
+         "pieces make a bigger update.",
+    "d": "It halves the optimizer states' memory, so a higher rank fits on the same GPU and trains well at the "
+         "same learning rate.",
 }
-_ALPHA_HABIT_RIGHT = "b"
+_ALPHA_HABIT_RIGHT = "c"
 
 
 def check_alpha_habit(answer: str) -> bool:
     """Why "alpha = 2r" is not the same as keeping alpha fixed when you change the rank."""
     hints = {"a": "The factor is constant, but what it multiplies is not: B A x is a sum of r pieces.",
-             "c": "Rank r = width can express any update, but that says nothing about alpha's effect on training.",
+             "b": "Rank r = width can express any update, but that says nothing about alpha's effect on training.",
              "d": "alpha is one number in a formula; it has no memory of its own."}
     return choice(answer, ALPHA_HABIT, _ALPHA_HABIT_RIGHT,
                   "With alpha fixed, alpha / r shrinks as r grows and offsets that growth, which is why the LoRA "
                   "paper could change r without re-tuning; rsLoRA argues 1 / r offsets too much at high rank and "
                   "divides by sqrt(r) instead.", hints)
+
+
+def rank_after(step: int = 10, ranks: tuple[int, ...] = (1, 16, 128)) -> int:
+    """Of `ranks`, the one with the lowest mean validation loss after `step` steps in the committed rank grid."""
+    groups = [g for g in claims.group(sweep_results()["rank"]) if g["r"] in ranks]
+    return min(groups, key=lambda g: g.at_step(step).mean)["r"]
+
+
+def check_rank_prediction(answer: int) -> bool:
+    """Predicted before section 4's plot: of r = 1, 16 and 128 (alpha fixed at 32), which learns fastest in the
+    first 10 steps (the lowest validation loss after 10 steps)?"""
+    if answer is None:
+        return report(False, "", "Write your prediction in PREDICTION (1, 16 or 128) before you look at the plot, "
+                                 "then run this cell.")
+    if not_a_number(answer, whole=True):
+        return False
+    if answer not in (1, 16, 128):
+        return report(False, "", "Answer with one of the three ranks: 1, 16 or 128.")
+    fastest = rank_after()
+    return report(answer == fastest, f"r = {fastest}: with alpha fixed at 32 the factor alpha / r is 32 at r = 1 "
+                                     "and 0.25 at r = 128; early on, the factor sets the size of each step.",
+                  "Not what the right plot shows at step 10. Look at section 2's table of factors: alpha / r at "
+                  "each rank, with alpha fixed.")
+
+
+def check_seed_prediction(prediction, new_loss: float, committed: list[float]) -> bool:
+    """Predict, then run: the range (low, high) a fourth seed's validation loss falls in, read off section 3's
+    error bar at that rate; `new_loss` is the fourth seed's, run live; `committed` the sweep's three."""
+    if prediction is None:
+        return report(False, "", "Write your prediction as two numbers, (low, high), before running the new seed.")
+    if not_numbers(prediction):
+        return False
+    if len(prediction) != 2:
+        return report(False, "", f"Expected two numbers, (low, high); got {len(prediction)}.")
+    low, high = sorted(float(x) for x in prediction)
+    width = max(committed) - min(committed)
+    if high - low > 4 * width + 1e-9:
+        return report(False, "", f"({low:g}, {high:g}) is {(high - low) / width:.0f}x the three seeds' spread: a "
+                                 "range that wide can't be wrong, and says little. Aim for about the spread of the "
+                                 "error bar, a bit wider.")
+    inside = low <= new_loss <= high
+    return report(inside, f"The fourth seed gave {new_loss:.4f}, inside ({low:g}, {high:g}). Three seeds' range "
+                          f"({min(committed):.4f}-{max(committed):.4f}) predicts a new one roughly, not exactly.",
+                  f"The fourth seed gave {new_loss:.4f}, outside ({low:g}, {high:g}). Three seeds are a small "
+                  f"sample ({min(committed):.4f}-{max(committed):.4f}): a fourth can land outside their range, so "
+                  "widen yours by about their spread.")
+
+
+def dora_difference() -> str:
+    """'a' if DoRA's best loss is below LoRA's on every seed, 'b' if above, 'c' if the ranges overlap."""
+    groups = claims.group(sweep_results()["dora"])
+    b = {m: claims.best([g for g in groups if g["method"] == m]).spread for m in ("lora", "dora")}
+    return {True: "a", False: "b", None: "c"}[claims.lower(b["dora"], b["lora"])]
+
+
+REAL_DIFFERENCE = {
+    "a": "Real: at their best rates DoRA's loss is below LoRA's on every seed, so DoRA is better here.",
+    "b": "Real: at their best rates DoRA's loss is above LoRA's on every seed, so LoRA is better here.",
+    "c": "Not decided: the two ranges overlap, so the gap is smaller than what a seed alone can change.",
+    "d": "Not decided: a difference counts only with a p-value, and three seeds are too few to compute one.",
+}
+
+
+def check_real_difference(answer: str) -> bool:
+    """Section 8: is the gap between DoRA's and LoRA's best validation loss real, at three seeds?"""
+    right = dora_difference()
+    hints = {"a": "Compare the two error bars at each method's best rate: does every DoRA seed sit below every "
+                  "LoRA seed?",
+             "b": "Compare the two error bars at each method's best rate: does every DoRA seed sit above every "
+                  "LoRA seed?",
+             "c": "Compare the two error bars at each method's best rate: do they overlap?",
+             "d": "This notebook's rule needs no p-value: it compares the ranges of the seeds."}
+    return choice(answer, REAL_DIFFERENCE, right, "The rule of this notebook: a difference counts when the seeds' "
+                  "ranges do not overlap; section 8's verdict applies it.",
+                  {k: v for k, v in hints.items() if k != right})
