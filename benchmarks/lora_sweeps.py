@@ -54,7 +54,7 @@ from course_utils.params import LINEAR_KINDS  # noqa: E402
 from course_utils.sweeps import SweepPoint  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "lora_sweeps.json"
-TOLERANCE = 0.02  # relative, on every loss: what `--check` allows between two runs (thread counts may differ)
+TOLERANCE = 0.02  # on every loss, relative (absolute near zero: sweeps.same_loss): what `--check` allows between runs
 ALL = tuple(LINEAR_KINDS)
 ATTENTION, MLP = ("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj")
 LRS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -146,14 +146,14 @@ def table(results: dict[str, list[dict]]) -> str:
 
 
 def differences(new: dict, old: dict) -> list[str]:
-    """Where a rerun point's losses differ from the committed ones by more than TOLERANCE (relative)."""
+    """Where a rerun point's losses differ from the committed ones by more than TOLERANCE (`sweeps.same_loss`)."""
     problems = []
     for key in ("val_loss", "forget_loss_after", "forget_loss_before"):
         a, b = new[key], old[key]
-        if abs(a - b) > TOLERANCE * max(abs(b), 1e-3):
+        if not sweeps.same_loss(a, b, TOLERANCE):
             problems.append(f"{new['label']}: {key} {a:.5f}, committed {b:.5f}")
     for (s, a), (_, b) in zip(new["eval_curve"], old["eval_curve"]):
-        if abs(a - b) > TOLERANCE * max(abs(b), 1e-3):
+        if not sweeps.same_loss(a, b, TOLERANCE):
             problems.append(f"{new['label']}: validation loss at step {s} {a:.5f}, committed {b:.5f}")
     return problems
 

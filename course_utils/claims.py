@@ -275,7 +275,7 @@ def claim6_dora(groups: list[Group]) -> tuple[Verdict, Spread]:
 
 
 # The plots: each setting's mean over its seeds, its range (lowest to highest seed) as an error bar.
-METHOD_LABELS = {"lora": "LoRA", "full": "full fine-tuning", "dora": "DoRA"}
+CURVE_NAMES = {"lora": "LoRA", "full": "full fine-tuning", "dora": "DoRA"}  # a sweep method, as a legend names it
 
 
 def errorbar(ax, xs: list, spreads: list[Spread], **style) -> None:
@@ -289,7 +289,7 @@ def plot_by_lr(ax, groups: list[Group], key: str = "method", star: bool = True) 
     for value in dict.fromkeys(g[key] for g in groups):
         line = sorted((g for g in groups if g[key] == value), key=lambda g: g["lr"])
         errorbar(ax, [g["lr"] for g in line], [g.spread() for g in line],
-                 label=METHOD_LABELS.get(value, f"{key}={value}"))
+                 label=CURVE_NAMES.get(value, f"{key}={value}"))
         if star:
             top = best(line)
             ax.plot(top.group["lr"], top.spread.mean, "k*", ms=13, zorder=5)
@@ -322,7 +322,7 @@ def plot_learning_forgetting(ax, groups: list[Group]) -> None:
         x, y = [g.spread() for g in line], [g.spread("forget_loss_after") for g in line]
         ax.errorbar([s.mean for s in x], [s.mean for s in y], fmt="o-", capsize=2, ms=4,
                     xerr=[[s.mean - s.low for s in x], [s.high - s.mean for s in x]],
-                    yerr=[[s.mean - s.low for s in y], [s.high - s.mean for s in y]], label=METHOD_LABELS[method])
+                    yerr=[[s.mean - s.low for s in y], [s.high - s.mean for s in y]], label=CURVE_NAMES[method])
         for g, a, b in zip(line, x, y):
             ax.annotate(f"{g['lr']:g}", (a.mean, b.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(groups[0].rows[0]["forget_loss_before"], ls="--", c="gray", label="the base, before fine-tuning")
