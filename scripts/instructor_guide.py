@@ -24,6 +24,11 @@ import re
 import sys
 from pathlib import Path
 
+try:
+    from scripts import class_plans
+except ImportError:  # run as `python scripts/instructor_guide.py`
+    import class_plans
+
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "INSTRUCTORS.md"
 NOTEBOOKS = ROOT / "notebooks"
@@ -216,6 +221,11 @@ def render() -> str:
             differs = cpu_preset_differences(b["report"]["config"])
             note = "the cpu preset's settings" if not differs else "not the cpu preset: " + ", ".join(differs)
             out.append(f"- `{b['file']}` ({note}): `{b['how']}`")
+    out += ["", "### Two plans: a 75-minute class and a 3-hour workshop", "",
+            "Which sections to show, and what to run before class instead of live (`scripts/class_plans.py`). "
+            "A notebook's run time is the computer's share of its slot; the rest is the room's: reading, talking, "
+            "exercises. Run every notebook once before class (see Before class), so that nothing waits for a "
+            "download or a conversion.", *class_plans.render(notebooks)]
     return "\n".join(out)
 
 

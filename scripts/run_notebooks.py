@@ -132,10 +132,31 @@ def drop_widget_views(nb) -> None:
                 out.get("metadata", {}).pop(WIDGET_VIEW, None)
 
 
+def collapse_progress(nb) -> None:
+    """Keep what a terminal would show: a text progress bar redraws its line with a carriage return, so each
+    stretch of one stream is joined into one output and every line keeps only its last redraw (a viewer that
+    ignores the carriage return would show each redraw on a line of its own)."""
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            if merged and out.get("output_type") == "stream" and merged[-1].get("output_type") == "stream" \
+                    and merged[-1].get("name") == out.get("name"):
+                merged[-1]["text"] += out["text"]
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream" and "\r" in out["text"]:
+                out["text"] = "\n".join(line.rsplit("\r", 1)[-1] for line in out["text"].split("\n"))
+        if "outputs" in cell:
+            cell["outputs"] = merged
+
+
 def stamp(nb, seconds: float, profile: str) -> None:
-    """Record how the outputs were made (`profile`: the COURSE_PROFILE the kernel ran with), and drop widget state."""
+    """Record how the outputs were made (`profile`: the COURSE_PROFILE the kernel ran with), drop widget state and
+    keep only the last redraw of each progress bar."""
     nb.metadata.pop("widgets", None)
     drop_widget_views(nb)
+    collapse_progress(nb)
     nb.metadata["course"] = {
         "code_sha256": code_hash(nb),
         "profile": profile,

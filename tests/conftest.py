@@ -40,3 +40,10 @@ def _fresh_network_state():
     runtime._network_failed = False
     yield
     runtime._network_failed = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hints():
+    """Every test starts each two-step hint from its nudge."""
+    from course_utils.exercises import reset_hints
+    reset_hints()

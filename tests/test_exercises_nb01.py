@@ -175,3 +175,21 @@ def test_four_options_and_one_hint_for_every_wrong_one(capsys, name):
     assert list(options) == ["a", "b", "c", "d"]
     hints = {verdict(capsys, checker, letter)[1] for letter in options}
     assert len(hints) == 4, "each letter gets its own sentence"
+
+
+def test_six_layers_is_judged_against_the_model_the_cell_built(capsys):
+    """Exercise 9, predict then run: the count of a 6-layer course model, built on the meta device."""
+    from course_utils.architecture import empty_model, num_params
+    config = load_config("course-llama")
+    three = num_params(empty_model(config))
+    config.num_hidden_layers = 6
+    built = num_params(empty_model(config))
+    layer = (built - three) // 3
+    assert built == three + 3 * layer and built != 2 * three  # the embeddings are there once
+    assert verdict(capsys, lambda p: nb01.check_six_layers(p, built), three + 3 * layer)[0] is True
+    first = verdict(capsys, lambda p: nb01.check_six_layers(p, built), 2 * three)[1]
+    second = verdict(capsys, lambda p: nb01.check_six_layers(p, built), 2 * three)[1]
+    assert f"{three:,}" not in first and f"{three:,}" in second, (first, second)
+    assert "run the cell again" in verdict(capsys, lambda p: nb01.check_six_layers(p, built), None)[1]
+    assert "Run the cell" in verdict(capsys, nb01.check_six_layers, 123)[1]
+    assert "Expected a whole number" in verdict(capsys, lambda p: nb01.check_six_layers(p, built), "many")[1]

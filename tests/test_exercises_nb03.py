@@ -24,10 +24,10 @@ def test_double_r(capsys):
     # the scale alpha / r with alpha = 16: 2 at r = 8, 1 at r = 16
     assert (LoRALinear(torch.nn.Linear(32, 32), r=8, alpha=16).scale,
             LoRALinear(torch.nn.Linear(32, 32), r=16, alpha=16).scale) == (2.0, 1.0)
-    for right in ("b", "B", " b) ", "b."):
+    for right in ("d", "D", " d) ", "d."):
         assert_right(capsys, nb03.check_double_r, right)
-    for wrong in ("a", "c", "d", "D"):
-        _assert_wrong_letter(capsys, nb03.check_double_r, wrong, "b")
+    for wrong in ("a", "b", "c", "B"):
+        _assert_wrong_letter(capsys, nb03.check_double_r, wrong, "d")
 
 
 def test_why_b_zero(capsys):
@@ -79,3 +79,38 @@ def test_a_letter_is_expected(capsys, checker, answer):
 def test_a_number_is_expected(capsys, answer):
     ok, out = verdict(capsys, nb03.check_merged_extra_flops, answer)
     assert ok is False and "Expected a number" in out, out
+
+
+@pytest.mark.parametrize("answer", [None, 100])
+def test_the_break_even_hint_nudges_first_and_gives_the_formula_second(capsys, answer):
+    first = verdict(capsys, nb03.check_break_even_rank, answer)[1]
+    second = verdict(capsys, nb03.check_break_even_rank, answer)[1]
+    assert "Solve r * (in + out)" not in first and "where are they equal?" in first, first
+    assert "Solve r * (in + out) = in * out for r" in second and "a second hint" in second, second
+    assert_right(capsys, nb03.check_break_even_rank, 2048)
+
+
+def test_alpha_zero_is_judged_against_what_the_run_measured(capsys):
+    """Exercise 7, predict then run: the right letter is the one the losses show, not a fixed one."""
+    torch.manual_seed(0)
+    W0 = torch.nn.Linear(16, 16, bias=False).requires_grad_(False)
+    layer = LoRALinear(W0, r=4, alpha=4)
+    layer.scale = 0.0  # alpha = 0 (LoRALinear refuses it with a sentence; the notebook's own layer takes it)
+    x, y = torch.randn(64, 16), torch.randn(64, 16)
+    optimizer = torch.optim.Adam([layer.A, layer.B], lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = (layer(x) - y).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] == losses[0]  # alpha = 0: nothing the adapter holds reaches the output
+    assert nb03.what_happened(losses) == "b"
+    assert verdict(capsys, lambda a: nb03.check_alpha_zero(a, losses), "b")[0] is True
+    ok, out = verdict(capsys, lambda a: nb03.check_alpha_zero(a, losses), "a")
+    assert ok is False and "The run says (b)" in out
+    assert nb03.what_happened([0.2] + [1e-4] * 29) == "a" and nb03.what_happened([0.2] + [0.5] * 29) == "c"
+    ok, out = verdict(capsys, lambda a: nb03.check_alpha_zero(a, losses), None)
+    assert ok is False and "(b)" not in out, "a blank prediction must not be told the answer"
+    assert "Run the cell" in verdict(capsys, nb03.check_alpha_zero, "b")[1]

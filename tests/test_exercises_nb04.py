@@ -49,16 +49,16 @@ def test_fp32_adapter_on_a_bf16_base(capsys):
     one = torch.tensor(1.0, dtype=torch.bfloat16)
     assert one + torch.tensor(1e-3, dtype=torch.bfloat16) == one
     assert torch.tensor(1.0) + 1e-3 != torch.tensor(1.0)
-    assert "8 significant bits" in nb04.FP32_ADAPTER["b"]
-    assert_right(capsys, nb04.check_fp32_adapter, "b")
-    assert_right(capsys, nb04.check_fp32_adapter, "(B)")
-    for wrong in ("a", "c", "d"):
-        out = assert_wrong_words(capsys, nb04.check_fp32_adapter, wrong, "(b)")
+    assert "1/256" in nb04.FP32_ADAPTER["a"]
+    assert_right(capsys, nb04.check_fp32_adapter, "a")
+    assert_right(capsys, nb04.check_fp32_adapter, "(A)")
+    for wrong in ("b", "c", "d"):
+        out = assert_wrong_words(capsys, nb04.check_fp32_adapter, wrong, "(a)")
         assert len(out) > 40
     assert "Answer with one letter" in verdict(capsys, nb04.check_fp32_adapter, None)[1]
     assert "got 'z' (str)" in verdict(capsys, nb04.check_fp32_adapter, "z")[1]
     for odd in ODD:
-        assert_wrong_words(capsys, nb04.check_fp32_adapter, odd, "(b)")
+        assert_wrong_words(capsys, nb04.check_fp32_adapter, odd, "(a)")
 
 
 def test_plain_model_is_merge_and_unload(capsys):
@@ -78,3 +78,38 @@ def test_plain_model_is_merge_and_unload(capsys):
     for odd in ODD:
         out = assert_wrong_words(capsys, nb04.check_plain_model, odd, "merge_and_unload")
         assert "Expected the method's name as a string" in out or "is not the PEFT method" in out
+
+
+def test_the_classmates_adapter_learns_nothing_and_dropout_is_to_blame(capsys):
+    """Exercise 7, diagnose: with lora_dropout = 1.0 no step changes the loss; with 0.1 the same run learns."""
+    import copy
+
+    from peft import get_peft_model
+
+    from course_utils.architecture import random_model
+
+    base = random_model(load_config("course-llama"))
+    ids = torch.randint(3, 100, (1, 12), generator=torch.Generator().manual_seed(0))
+
+    def losses(config):
+        model = get_peft_model(copy.deepcopy(base), config)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+        model.train()
+        out = []
+        for _ in range(5):
+            loss = model(input_ids=ids, labels=ids).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            out.append(loss.item())
+        return out
+
+    theirs = losses(nb04.classmate_config())
+    assert max(theirs) - min(theirs) < 1e-6, theirs
+    fixed = nb04.classmate_config()
+    fixed.lora_dropout = 0.1
+    assert losses(fixed)[-1] < theirs[-1] - 0.01
+    for right in ("d", "lora_dropout", " LoRA_Dropout "):
+        assert_right(capsys, nb04.check_classmate_bug, right)
+    for wrong in ("a", "b", "c", "r", "target_modules"):
+        assert_wrong_words(capsys, nb04.check_classmate_bug, wrong, "lora_dropout", "(d)")

@@ -49,10 +49,10 @@ def test_learned_last_blank_odd_types_and_no_run(capsys):
 
 def test_merge_choice(capsys):
     assert set(nb06.MERGE_CHOICES) == {"a", "b", "c", "d"}
-    assert_right(capsys, nb06.check_merge_4bit, "b")
-    assert_right(capsys, nb06.check_merge_4bit, "B)")
-    for wrong in ("a", "c", "d"):
-        assert_wrong_words(capsys, nb06.check_merge_4bit, wrong, "second rounding", "'b'")
+    assert_right(capsys, nb06.check_merge_4bit, "d")
+    assert_right(capsys, nb06.check_merge_4bit, "D)")
+    for wrong in ("a", "b", "c"):
+        assert_wrong_words(capsys, nb06.check_merge_4bit, wrong, "second rounding", "'d'")
     _, out = verdict(capsys, nb06.check_merge_4bit, "e")
     assert "Expected one of the letters" in out
     for odd in [None, *ODD]:

@@ -71,7 +71,7 @@ def test_lora_optimizer_bytes(capsys):
 @pytest.mark.parametrize("checker, right, wrong", [
     (nb08.check_shards_weights, "c", ("a", "b", "d")),
     (nb08.check_405b_on_a_node, "c", ("a", "b", "d")),
-    (nb08.check_quant_storage, "b", ("a", "c", "d")),
+    (nb08.check_quant_storage, "a", ("b", "c", "d")),
 ])
 def test_the_choices(capsys, checker, right, wrong):
     assert_right(capsys, checker, right)

@@ -241,3 +241,35 @@ def test_the_other_messages_the_guide_quotes_are_in_the_code():
         assert fixed, message
         for part in fixed:
             assert part in source, f"the guide quotes {part!r}, which course_utils does not print"
+
+
+def outside_the_timings(text: str) -> str:
+    return re.sub(re.escape(instructor_guide.START) + ".*?" + re.escape(instructor_guide.END), " ", text, flags=re.S)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_times_and_steps_the_guide_quotes_are_the_notebooks(path):
+    """A time ('65 s') or a step ('after step 7') quoted anywhere in a notebook's section is one that notebook
+    prints (offline outputs or the cpu record); both slipped once when a notebook was rerun."""
+    found = re.search(rf"^### {path.name[:2]} · .*?(?=^##+ |\Z)", outside_the_timings(GUIDE_TEXT), re.M | re.S)
+    _, shown = notebook_text(path)
+    shown += json.loads((ROOT / "benchmarks/results/notebooks_cpu.json").read_text())["notebooks"][path.name]["outputs"]
+    for quoted in re.findall(r"(?<![\w.])\d+(?:\.\d+)? s\b|\bstep \d+\b", found.group(0)):
+        assert re.search(rf"(?<![\d.]){re.escape(quoted)}", shown), f"{path.name}: the guide quotes {quoted!r}"
+
+
+def test_the_times_check_catches_a_stale_time():
+    assert re.findall(r"(?<![\w.])\d+(?:\.\d+)? s\b|\bstep \d+\b", "80 steps took 65 s; killed after step 7, 0.7 s") \
+        == ["65 s", "step 7", "0.7 s"]
+
+
+def test_the_plans_fill_their_time_and_each_slot_holds_its_notebooks_run():
+    from scripts import class_plans
+    measured = {nb["number"]: nb for nb in instructor_guide.read_notebooks()}
+    for title, (slots, budget) in class_plans.PLANS.items():
+        assert sum(slot.minutes for slot in slots) == budget, title
+        for slot in (s for s in slots if s.notebook):
+            assert slot.notebook in measured, (title, slot.notebook)
+            assert 60 * slot.minutes >= measured[slot.notebook]["seconds"], (title, slot.notebook)
+    assert "**A 75-minute class** (75 of 75 minutes" in GUIDE_TEXT
+    assert "**A 3-hour workshop** (180 of 180 minutes" in GUIDE_TEXT

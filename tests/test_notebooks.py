@@ -6,7 +6,7 @@ import re
 import nbformat
 import pytest
 
-from scripts.run_notebooks import WIDGET_VIEW, code_hash, execute, notebook_paths, outputs_text
+from scripts.run_notebooks import WIDGET_VIEW, code_hash, collapse_progress, execute, notebook_paths, outputs_text
 from tests.conftest import NOTEBOOK_TIMES
 
 NOTEBOOKS = notebook_paths()
@@ -35,6 +35,8 @@ def test_committed_outputs_are_fresh_and_clean(path):
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "run top to bottom, every cell once"
     assert not any(o.output_type == "error" for c in code for o in c.outputs)
     assert "widgets" not in nb.metadata, "widget state breaks GitHub's renderer"
+    redrawn = [o for c in code for o in c.outputs if o.output_type == "stream" and "\r" in o.text]
+    assert not redrawn, "a progress bar's every redraw was committed; GitHub shows each on a line of its own"
     views = [o for c in code for o in c.outputs if WIDGET_VIEW in o.get("data", {})]
     assert not views, "a live-widget view was committed; it can't be drawn without its kernel"
     found = RAW_WIDGET_REPR.search(outputs_text(nb))
@@ -42,6 +44,17 @@ def test_committed_outputs_are_fresh_and_clean(path):
     assert not SECRET.search(outputs_text(nb)), "an output contains something that looks like a token"
     found = MACHINE_PATH.search(outputs_text(nb))
     assert not found, f"{path.name}: an output shows a machine path: {found.group(0)!r} (print runtime.display_path)"
+
+
+def test_a_progress_bar_keeps_its_last_redraw_only():
+    cell = nbformat.v4.new_code_cell("for _ in progress(range(6)): pass")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text) for text in
+                    ("\rruns:   0%|   | 0/6", "\rruns: 100%|###| 6/6", "\nW0 unchanged: True\n")]
+    cell.outputs.append(nbformat.v4.new_output("stream", name="stderr", text="a warning\n"))
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    collapse_progress(nb)
+    assert [(o.name, o.text) for o in nb.cells[0].outputs] == [
+        ("stdout", "runs: 100%|###| 6/6\nW0 unchanged: True\n"), ("stderr", "a warning\n")]
 
 
 def test_raw_widget_repr_pattern():

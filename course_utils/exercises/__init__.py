@@ -17,6 +17,21 @@ def report(ok: bool, praise: str, hint: str) -> bool:
     return ok
 
 
+_TRIES: dict[str, int] = {}  # checker -> wrong or blank answers so far, for hints in two steps
+
+
+def two_step(key: str, nudge: str, formula: str) -> str:
+    """A hint in two steps: the nudge on the first answer that is not right, the formula on every later one, so
+    that a student gets to think before being told how."""
+    _TRIES[key] = _TRIES.get(key, 0) + 1
+    return nudge if _TRIES[key] == 1 else f"{formula} (a second hint; the first: {nudge})"
+
+
+def reset_hints() -> None:
+    """Start every two-step hint from its nudge again (the tests call it)."""
+    _TRIES.clear()
+
+
 def describe(answer) -> str:
     """An answer as a message shows it: its value, cut short, and its type: "'abc' (str)"."""
     text = repr(answer)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from course_utils.configs import load_config
-from course_utils.exercises import as_number, as_numbers, choice, close, not_a_number, not_numbers, report
+from course_utils.exercises import as_number, as_numbers, choice, close, not_a_number, not_numbers, report, two_step
 from course_utils.params import head_dim as width_of_head
 
 
@@ -121,3 +121,25 @@ def check_rope_scaling(answer: str) -> bool:
              "d": "The plot of 3a shows some frequencies moving: which ones?"}
     return _choice(answer, ROPE_SCALED, "c", f"Wavelengths longer than {longest:,.0f} positions are stretched "
                    f"{rope['factor']:g}x; the fast pairs keep theirs, and those between are blended.", hints)
+
+
+def check_six_layers(prediction, measured: int | None = None) -> bool:
+    """Exercise 9, predict then run: the course's small model with 6 decoder layers instead of 3, in parameters;
+    `measured` is the count of the model the cell builds."""
+    if measured is None:
+        return report(False, "", "Run the cell: it builds the 6-layer model and passes its count here.")
+    if not_a_number(prediction, whole=True):
+        return False
+    if prediction is None:
+        return report(False, "", "Write your prediction in MY_PREDICTION and run the cell again: the checker "
+                      "compares it with the model the cell built.")
+    from course_utils.architecture import empty_model, num_params
+    three = num_params(empty_model(load_config("course-llama")))
+    per_layer = (measured - three) // 3
+    if close(prediction, measured, rel=0.005):
+        return report(True, f"{measured:,}: each new layer adds {per_layer:,}, while the embedding table, the final "
+                      "norm and lm_head are there once, however deep the stack.", "")
+    hint = two_step("nb01.six_layers", "Not twice the 3-layer count: which parts of the model are there once, "
+                    "whatever the number of layers?", f"The 3-layer model's {three:,} parameters, plus 3 x one "
+                    "decoder layer's (count one with num_params(model.model.layers[0])).")
+    return report(False, "", hint)

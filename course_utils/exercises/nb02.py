@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from course_utils.activations import activation_bytes
 from course_utils.configs import load_config
-from course_utils.exercises import close, describe, not_a_number, report
+from course_utils.exercises import close, describe, not_a_number, report, two_step
 from course_utils.lora import lora_params
 from course_utils.memory import COPIES_PART, training_memory, weight_bytes
 from course_utils.params import ATTENTION, LINEAR_KINDS, MLP, param_breakdown
@@ -37,9 +37,11 @@ def check_lora_params(answer: int) -> bool:
     n = lora_params(load_config("llama-3.1-70b"), 8, ["q_proj", "v_proj"])
     if not_a_number(answer):
         return False
-    return report(close(answer, n), f"{n:,} trainable parameters, against 70 billion frozen ones.",
-                  "Each target gets A (r x in) and B (out x r): r x (in + out) per target per layer. "
-                  "k/v are narrower than q in the 70B (8 KV heads).")
+    ok = close(answer, n)
+    return report(ok, f"{n:,} trainable parameters, against 70 billion frozen ones.", "" if ok else two_step(
+        "nb02.lora_params", "Each target module gets two small matrices, A and B: what shapes must they have for "
+        "B A to match the module's weight?", "A is r x in and B is out x r: r x (in + out) per target per layer. "
+        "k/v are narrower than q in the 70B (8 KV heads)."))
 
 
 # ---------------------------------------------------------------------------------------------------------------

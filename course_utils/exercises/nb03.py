@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from course_utils.configs import load_config
-from course_utils.exercises import choice, close, describe, not_a_number, report
+from course_utils.exercises import choice, close, describe, not_a_number, report, two_step
 from course_utils.lora import LoRALinear, linear_shape
 
 
@@ -27,9 +27,12 @@ def check_break_even_rank(answer: float) -> bool:
     r = n_in * n_out / (n_in + n_out)
     if not_a_number(answer):
         return False
-    return report(close(answer, r), f"r (in + out) = in x out at r = {n_in:,} x {n_out:,} / ({n_in:,} + {n_out:,}) = {r:,.0f}; "
-                  "real adapters use r = 4 to 64, far below it.",
-                  "Solve r * (in + out) = in * out for r, with q_proj's in and out features.")
+    ok = close(answer, r)
+    return report(ok, f"r (in + out) = in x out at r = {n_in:,} x {n_out:,} / ({n_in:,} + {n_out:,}) = {r:,.0f}; "
+                  "real adapters use r = 4 to 64, far below it.", "" if ok else two_step(
+                      "nb03.break_even_rank", "Write down both counts: the adapter's (section 4) and q_proj's own; "
+                      "where are they equal?", "Solve r * (in + out) = in * out for r, with q_proj's in and out "
+                      "features."))
 
 
 def _reference(x, W, A, B, alpha, r):
@@ -75,19 +78,17 @@ def check_lora_forward(fn) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 
 DOUBLE_R_CHOICES = {
-    "a": "The scale doubles, so the adapter's update is twice as strong.",
-    "b": "The scale halves; B A now adds up twice as many rank-one terms, so the size of the update changes much "
-         "less than the scale does, and the learning rate you tuned for one r still roughly fits the other.",
-    "c": "Nothing: alpha / r is only used to initialise A and B.",
-    "d": "The scale halves, so the adapter now learns exactly half as fast and you must double the learning rate.",
+    "a": "The scale doubles, so every update of the adapter is now twice as strong as before.",
+    "b": "The scale halves, so the adapter learns exactly half as fast: double the learning rate.",
+    "c": "Nothing changes: alpha / r is only used once, to initialise A and B at the start.",
+    "d": "The scale halves, but B A now sums twice as many terms: the update barely shrinks.",
 }
 
 WHY_B_ZERO_CHOICES = {
-    "a": "So that B A = 0: the adapted model starts out computing exactly what the base model does, while the "
-         "random A lets B get a gradient at the very first step.",
-    "b": "So that W is never changed during training.",
-    "c": "Because a matrix of zeros takes less memory than a random one.",
-    "d": "So that both A and B get a gradient at the first step.",
+    "a": "So the adapted model starts exactly as the base does, and A still lets B learn.",
+    "b": "So that the frozen weight W is never changed at any point during training.",
+    "c": "Because a matrix of zeros takes less memory than a random matrix of that size.",
+    "d": "So that both A and B receive a nonzero gradient at the very first step.",
 }
 
 
@@ -96,9 +97,9 @@ def check_double_r(answer: str) -> bool:
     hints = {None: "Work out alpha / r before and after, then think of what B A x adds up: one term per rank.",
              "a": "Look at which of alpha and r is in the denominator.",
              "c": "The scale multiplies B A x in every forward pass, during training and after it.",
-             "d": "The scale halves, but B A also changed: it adds up more terms now. Section 8's first panel "
+             "b": "The scale halves, but B A also changed: it adds up more terms now. Section 8's first panel "
                   "measured the size of the update for each r."}
-    return choice(answer, DOUBLE_R_CHOICES, "b", "alpha / r goes from 2 to 1, while B A gains directions: the LoRA "
+    return choice(answer, DOUBLE_R_CHOICES, "d", "alpha / r goes from 2 to 1, while B A gains directions: the LoRA "
                   "paper's reason for dividing by r is that you can change r without tuning the learning rate "
                   "again (Hu et al. 2021, section 4.1).", hints, blank=hints[None])
 
@@ -131,3 +132,36 @@ def check_merged_extra_flops(answer: float) -> bool:
                       "the adapter adds.")
     return report(close(answer, 0), "W + (alpha / r) B A is one matrix of W's shape: the merged layer is exactly "
                   "as fast as the base one.", "After merging, which matrices does the layer still multiply x with?")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercise 7: predict, then run: a rank-8 adapter trained with alpha = 0
+# ----------------------------------------------------------------------------------------------------------
+
+ALPHA_ZERO = {
+    "a": "it reaches the noise floor like alpha = 16 does, only more slowly",
+    "b": "it stays where the frozen W0 started: nothing it learns reaches the output",
+    "c": "it diverges: with no scale to hold the update back, the loss grows",
+}
+
+
+def what_happened(losses: list[float]) -> str:
+    """Which of ALPHA_ZERO a run's losses show: near the noise floor, stuck at the start, or grown."""
+    start, end = losses[0], sum(losses[-20:]) / min(20, len(losses))
+    if end > 1.1 * start:
+        return "c"
+    return "b" if end > 0.9 * start else "a"
+
+
+def check_alpha_zero(prediction, losses: list[float] | None = None) -> bool:
+    """Exercise 7: the student's prediction (a letter of ALPHA_ZERO) against what the run measured."""
+    if losses is None:
+        return report(False, "", "Run the cell that trains the alpha = 0 adapter; it passes its losses here.")
+    happened = what_happened(losses)
+    if prediction is None:
+        return report(False, "", f"Write your prediction in MY_PREDICTION ({', '.join(ALPHA_ZERO)}) and run the "
+                      "cell again, before you read its losses: the checker compares it with what the run measured.")
+    return choice(prediction, ALPHA_ZERO, happened, "The update is (alpha / r) B A x = 0 whatever A and B hold, "
+                  "so the loss never sees them: B's gradient is 0 too, and the adapter never moves.",
+                  {letter: f"The run says ({happened}): {ALPHA_ZERO[happened]}. Why? Write the adapter's output "
+                   "with alpha = 0, then its gradient." for letter in ALPHA_ZERO})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from course_utils.configs import load_config
-from course_utils.exercises import choice, close, describe, not_a_number, not_names, report
+from course_utils.exercises import choice, close, describe, not_a_number, not_names, report, two_step
 from course_utils.lora import lora_params
 from course_utils.params import LINEAR_KINDS, MLP
 
@@ -13,9 +13,13 @@ def check_70b_all_linear(answer: int) -> bool:
     n = lora_params(load_config("llama-3.1-70b"), 16, "all-linear")
     if not_a_number(answer):
         return False
-    return report(close(answer, n), f"{n:,} trainable parameters: all seven projections in each of the 80 layers.",
-                  "Build the 70B on the meta device and let PEFT count (get_peft_model(..., low_cpu_mem_usage=True)), "
-                  "or add up r * (in + out) over the seven Linear layers and multiply by the number of layers.")
+    ok = close(answer, n)
+    return report(ok, f"{n:,} trainable parameters: all seven projections in each of the 80 layers.",
+                  "" if ok else two_step("nb04.70b_all_linear", "Let PEFT count, as section 3 did for the 8B: the "
+                                         "70B on the meta device costs no memory.",
+                                         "get_peft_model(..., low_cpu_mem_usage=True) on the 70B built on the meta "
+                                         "device, or add up r * (in + out) over the seven Linear layers and multiply "
+                                         "by the number of layers."))
 
 
 def check_mlp_targets(answer) -> bool:
@@ -47,13 +51,12 @@ def check_adapter_megabytes(answer: float) -> bool:
 
 # Exercise 5, multiple choice: the options as the notebook prints them (nb04.FP32_ADAPTER).
 FP32_ADAPTER = {
-    "a": "fp32 matrix products are faster than bf16 ones on a GPU, and the adapter is multiplied at every step.",
-    "b": "Training adds many small steps to A and B; bf16 keeps 8 significant bits, so a step under about 1/256 "
-         "of a value rounds away and the adapter would stop learning.",
-    "c": "The frozen base is stored in fp32 as well, and W x + B A x needs both parts in the same dtype.",
-    "d": "safetensors, the format the adapter is saved in, holds fp32 tensors only, not bf16 ones.",
+    "a": "Many small steps add up in A and B, and bf16 rounds away a step under 1/256 of a value.",
+    "b": "fp32 matrix products are faster than bf16 ones on a GPU, and the adapter runs at every step.",
+    "c": "The frozen base is stored in fp32 as well, and W x + B A x needs one dtype for both parts.",
+    "d": "safetensors, the format the adapter is saved in, holds fp32 tensors only, and no bf16 ones.",
 }
-_FP32_ADAPTER_RIGHT = "b"
+_FP32_ADAPTER_RIGHT = "a"
 
 
 
@@ -80,7 +83,7 @@ def check_all_linear_names(answer) -> bool:
 
 def check_fp32_adapter(answer: str) -> bool:
     """Why does PEFT keep the adapter in fp32 when the base computes in bf16? One letter of FP32_ADAPTER."""
-    hints = {"a": "On GPUs with bf16, bf16 products are the fast ones; section 6 added 0.001 to 1.0 in both "
+    hints = {"b": "On GPUs with bf16, bf16 products are the fast ones; section 6 added 0.001 to 1.0 in both "
                   "dtypes: what happened?",
              "c": "Here the base is bf16 (section 6 built one), and PEFT casts the input to the adapter's dtype "
                   "where they differ: what is left as a reason?",
@@ -119,3 +122,30 @@ def check_plain_model(answer) -> bool:
                       "LoRA layers: a plain model for serving.", "")
     return report(False, "", _NOT_PLAIN.get(name, f"{answer!r} is not the PEFT method asked for: it must fold the "
                                                    "adapter in and remove the LoRA layers."))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercise 7, diagnose: a classmate's adapter that does not learn
+# ----------------------------------------------------------------------------------------------------------
+
+CLASSMATE_SETTINGS = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 1.0}
+BLAME = {"a": "r", "b": "lora_alpha", "c": "target_modules", "d": "lora_dropout"}
+
+
+def classmate_config():
+    """The classmate's LoraConfig: one setting of CLASSMATE_SETTINGS keeps the adapter from learning anything."""
+    from peft import LoraConfig
+    return LoraConfig(task_type="CAUSAL_LM", **CLASSMATE_SETTINGS)
+
+
+def check_classmate_bug(answer) -> bool:
+    """Which setting of the classmate's config is to blame: a letter of BLAME, or the setting's name."""
+    hints = {"a": "r = 8 is a usual rank; a smaller rank learns less, not nothing. Look for a setting that turns "
+                  "the adapter's contribution to zero during training.",
+             "b": "alpha = 16 with r = 8 is the usual scale of 2 (section 2); alpha = 0 would be the culprit.",
+             "c": "q_proj and v_proj are in every Llama layer (section 1); print their_model.targeted_module_names "
+                  "to see both wrapped."}
+    return choice(answer, BLAME, "d", "lora_dropout = 1.0 zeroes every input of the adapters in training, so "
+                  "B A x is 0 and no gradient reaches A or B: the loss never moves. 0.1 was meant.", hints,
+                  blank="Answer with a letter of nb04.BLAME or a setting's name. What does each setting do to "
+                        "B A x during training?", names=True)

@@ -67,10 +67,9 @@ def check_70b_nf4_bytes(without_double_quant: float, with_double_quant: float) -
 # Exercise 4, multiple choice: the options as the notebook prints them (nb05.NF4_NEAR_ZERO).
 NF4_NEAR_ZERO = {
     "a": "Weights near 0 matter more to the model's output than large ones, so they get the finer levels.",
-    "b": "Its levels each hold an equal share of a normal distribution, and a block's scaled weights are roughly "
-         "normal, so the levels crowd near 0, where most weights sit.",
+    "b": "Each level holds an equal share of a normal curve, and most of a block's weights sit near 0.",
     "c": "NF4 is a floating-point format with an exponent, which spends more of its bits on small numbers.",
-    "d": "NF4 needs an exact zero for padding, and int4's evenly spaced grid has none.",
+    "d": "NF4 needs an exact zero to pad its blocks, and int4's evenly spaced grid of levels has none.",
 }
 _NF4_NEAR_ZERO_RIGHT = "b"
 # Exercise 6: the block sizes of a variant of double quantization.

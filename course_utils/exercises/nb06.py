@@ -4,7 +4,7 @@ one, the statement the notebook measures), never printed."""
 from __future__ import annotations
 
 from course_utils.configs import load_config
-from course_utils.exercises import as_number, choice, close, describe, not_a_number, not_names, report
+from course_utils.exercises import as_number, choice, close, describe, not_a_number, not_names, report, two_step
 
 # The parameter kinds a student sorts into "trains" / "frozen" in the exercise on requires_grad.
 PARAMETER_KINDS = ("embed_tokens", "q_proj.base_layer", "q_proj.lora_A", "q_proj.lora_B", "gate_proj",
@@ -80,9 +80,11 @@ def check_lora_params_8b(answer, r: int = 32) -> bool:
         return False
     n = lora_params(c, r, ("q_proj", "k_proj", "v_proj", "o_proj"))
     (d, q), (_, kv) = linear_shape(c, "q_proj"), linear_shape(c, "k_proj")
-    return report(close(answer, n),
-                  f"{c.num_hidden_layers} layers x r x [({d}+{q}) for q and o + ({d}+{kv}) for k and v] = {n:,}.",
-                  f"Per module A is r x in and B is out x r; q and o are {d} -> {q}, k and v are {d} -> {kv} (GQA).")
+    ok = close(answer, n)
+    return report(ok, f"{c.num_hidden_layers} layers x r x [({d}+{q}) for q and o + ({d}+{kv}) for k and v] = {n:,}.",
+                  "" if ok else two_step("nb06.lora_params_8b", "Count one layer's four adapters first: are k and v "
+                                         "the same size as q and o in the 8B?", f"Per module A is r x in and B is "
+                                         f"out x r; q and o are {d} -> {q}, k and v are {d} -> {kv} (GQA)."))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -130,23 +132,22 @@ def check_learned_last(answer, curve: list[dict] | None = None) -> bool:
 
 MERGE_CHOICES = {
     "a": "Nothing: the merged model gives exactly the outputs of the base with its adapter.",
-    "b": "Each merged weight is rounded to NF4 again, so part of the update (alpha / r) B A is lost or "
-         "exaggerated and the outputs move a little.",
-    "c": "The adapter's A and B are quantized to 4 bits and kept beside the base.",
-    "d": "Twice the memory: the 4-bit weights and the merged 16-bit weights are both kept.",
+    "b": "Twice the memory: the 4-bit weights and the merged 16-bit weights are both kept.",
+    "c": "The adapter's A and B are quantized to 4 bits and then kept beside the base.",
+    "d": "Each merged weight is rounded to NF4 again, so part of the update is lost.",
 }
-_MERGE_TRUE = "b"  # section 12 of notebook 06 measures it: the logits change after merge_and_unload
+_MERGE_TRUE = "d"  # section 12 of notebook 06 measures it: the logits change after merge_and_unload
 
 
 def check_merge_4bit(answer) -> bool:
     """Which of MERGE_CHOICES says what `merge_and_unload` on a 4-bit base costs? One letter."""
     why = {"a": "Section 12 measured the logits after the merge: did they stay the same?",
            "c": "After merge_and_unload the model has no adapter left: where did B A go?",
-           "d": "merge_and_unload returns one plain model, in the base's storage: what does that storage do "
+           "b": "merge_and_unload returns one plain model, in the base's storage: what does that storage do "
                 "to a weight that changed a little?"}
     return choice(answer, MERGE_CHOICES, _MERGE_TRUE,
                   "The merge dequantizes, adds the update and quantizes again: a second rounding to NF4. "
-                  "Keep the adapter separate, or merge into a 16-bit copy of the base.", why,
+                  "Keep the adapter separate, or merge into the dequantized weights kept in 16 bits (section 12).", why,
                   blank="Answer with one letter of nb06.MERGE_CHOICES. Think about what PEFT must do to add a "
                         "16-bit update into a weight stored in 4 bits.")
 

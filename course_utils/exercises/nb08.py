@@ -91,18 +91,18 @@ def check_405b_on_a_node(answer) -> bool:
 
 
 QUANT_STORAGE = {
-    "a": "it makes the 4-bit matrix products faster",
-    "b": "FSDP (FSDP1, as Answer.AI used it) flattens a unit's parameters into one float tensor of one dtype to "
-         "shard it; packed 4-bit weights stored as uint8 could not join the layer's bf16 norms in it",
-    "c": "it stores the 4-bit weights in 16 bits each, so it costs 4x the memory",
-    "d": "bitsandbytes cannot dequantize uint8 storage on a GPU",
+    "a": "FSDP shards a unit as one flat tensor of one dtype, and the norms are bf16",
+    "b": "it makes the 4-bit matrix products run faster on the GPUs that compute in bf16",
+    "c": "it stores each 4-bit weight in 16 bits, so it costs 4x the memory",
+    "d": "bitsandbytes cannot dequantize weights kept in uint8 storage on a GPU",
 }
 
 
 def check_quant_storage(answer) -> bool:
     """Why QLoRA under FSDP sets bnb_4bit_quant_storage=torch.bfloat16."""
-    return choice(answer, QUANT_STORAGE, "b", "The same packed bytes, seen as bf16 elements (4 weights each), so "
-                  "FSDP can shard a decoder layer as one flat bf16 tensor and gather it back.",
-                  {"a": "The storage dtype is how the packed bytes are labelled; the kernel does the same work.",
-                   "c": "Check the parameter's bytes in section 6: the same bytes, fewer elements.",
+    return choice(answer, QUANT_STORAGE, "a", "FSDP (FSDP1, as Answer.AI used it) flattens a unit's parameters "
+                  "into one tensor of one dtype; the same packed bytes, seen as bf16 elements (4 weights each), join "
+                  "the layer's bf16 norms in it, and FSDP shards it and gathers it back.",
+                  {"b": "The storage dtype is how the packed bytes are labelled; the kernel does the same work.",
+                   "c": "Check the parameter's bytes in section 7: the same bytes, fewer elements.",
                    "d": "bitsandbytes dequantizes uint8 storage everywhere; the problem is FSDP's, not the kernel's."})
