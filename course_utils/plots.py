@@ -201,3 +201,19 @@ def _in_notebook() -> bool:
     except ImportError:
         return False
     return shell is not None and type(shell).__name__ != "TerminalInteractiveShell"
+
+
+def draw_field_curves(curve: list[dict], fields, threshold: float, title: str, ax=None):
+    """Per-field accuracy against optimizer steps, from rows {"step": n, "field_accuracy": {field: share}}, with
+    the threshold at which a field counts as learned dotted."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.6))
+    for field in fields:
+        ax.plot([row["step"] for row in curve], [row["field_accuracy"][field] for row in curve],
+                marker="o", label=f"'{field}'")
+    ax.axhline(threshold, ls=":", color="gray")
+    ax.set_xlabel("optimizer steps", fontsize=11)
+    ax.set_ylabel("right on the probe", fontsize=11)
+    ax.set_title(title, fontsize=12)
+    ax.legend(fontsize=10, ncol=5, loc="lower right")
+    return ax

@@ -28,9 +28,9 @@ CLASS_75 = [
          "them; saving megabytes)", ""),
     Slot("05", 10, "5 (the NF4 levels from the normal curve), 7 (the error of each 4-bit type), 10 (the cost)", ""),
     Slot("06", 17, "3 (the loss mask), 7 (one step by hand, checked against train_step), 8 (training, live), "
-         "9 (after), 12 (which merge)", "the cpu profile's run (SmolLM2): minutes of training, too long to "
+         "9 (after), 11 (which merge)", "the cpu profile's run (SmolLM2): minutes of training, too long to "
          "watch; show its committed numbers in the README instead"),
-    Slot("07", 5, "10 (the verdicts and the decision table)", "never the sweep (`benchmarks/lora_sweeps.py`, "
+    Slot("07", 5, "8 (the verdicts and the decision table)", "never the sweep (`benchmarks/lora_sweeps.py`, "
          "{sweep}): the notebook reads its committed results"),
 ]
 
@@ -38,13 +38,13 @@ WORKSHOP_180 = [
     Slot("01", 20, "every section; exercises 1-3", ""),
     Slot("02", 20, "every section; the calculator of section 6 with the room choosing the knobs", ""),
     Slot("", 10, "break", ""),
-    Slot("03", 25, "every section; exercises 1-2", ""),
-    Slot("04", 15, "every section but 5; exercise 5", ""),
-    Slot("05", 20, "sections 1-3 and 5-10; exercise 4", ""),
+    Slot("03", 25, "every section of the main path; exercises 1-2", ""),
+    Slot("04", 15, "every section of the main path but 5; exercise 5, the room predicting first", ""),
+    Slot("05", 20, "sections 1-3 and 5-10; exercise 3's prediction", ""),
     Slot("", 10, "break", ""),
-    Slot("06", 35, "every section; students run the offline profile themselves, then switch PROFILE to "
-         "\"cpu\" in pairs if the room has time", "the cpu profile on the projector: run it before class"),
-    Slot("07", 15, "sections 1-2 and 10; one claim of the room's choice; exercise 7's prediction",
+    Slot("06", 35, "every section of the main path; students run the offline profile themselves, then switch "
+         "PROFILE to \"cpu\" in pairs if the room has time", "the cpu profile on the projector: run it before class"),
+    Slot("07", 15, "sections 1-2 and 8; one claim of the room's choice; exercises 6 and 7",
          "never the sweep ({sweep}): the notebook reads its committed results"),
     Slot("08", 10, "sections 1 and 4 (what each GPU holds; the well-known cases)",
          "section 5's real distributed run only where the machine has time: it starts processes"),

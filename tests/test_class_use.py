@@ -130,8 +130,8 @@ def test_notebook_06_as_a_class_drives_it(nb06):
     # The merge cells before section 9's score: a sentence naming what to run; then twice: the same numbers, and
     # `reloaded` is never merged in place (item 6).
     early = "".join(kernel.run(cells[i]) for i in merges)
-    assert early.count("Run sections 9 and 10 first") == 3 and "ERROR" not in early, early
-    assert "ERROR" not in (out := kernel.run(cells[cell_starting(cells, 'if "result" not in globals()')])), out
+    assert early.count("run sections 9 and 10") == 3 and "ERROR" not in early, early
+    assert "ERROR" not in (out := kernel.run(cells[cell_starting(cells, 'if cells.ready(globals(), "result"')])), out
     outs = ["".join(kernel.run(cells[i]) for i in merges) for _ in range(2)]
     assert "ERROR" not in "".join(outs) and outs[0] == outs[1], outs
     assert outs[0].count("merged into") == 3, outs[0]

@@ -178,7 +178,7 @@ def test_four_options_and_one_hint_for_every_wrong_one(capsys, name):
 
 
 def test_six_layers_is_judged_against_the_model_the_cell_built(capsys):
-    """Exercise 9, predict then run: the count of a 6-layer course model, built on the meta device."""
+    """Exercise 6, predict then run: the count of a 6-layer course model, built on the meta device."""
     from course_utils.architecture import empty_model, num_params
     config = load_config("course-llama")
     three = num_params(empty_model(config))

@@ -1,6 +1,6 @@
 """Notebook 02's new and changed pieces: the exercise checkers (right answers pass, wrong ones and answers of the
-wrong type get one "❌" line, never the answer), the suggestion that names its adapters, and the calculator
-built from notebook 06's T4 preset."""
+wrong type get one "❌" line, never the answer; the predict-then-run one is judged against what its run counted),
+the suggestion that names its adapters, and the calculator built from notebook 06's T4 preset."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def assert_wrong_words(capsys, checker, answer, *secret):
     assert ok is False and out.startswith("❌ Not yet."), out
     for word in secret:
         assert word not in out, f"the hint gives {word!r} away: {out}"
+    return out
 
 
 @pytest.mark.parametrize("checker", NEW_CHECKERS, ids=lambda c: c.__name__)
@@ -43,7 +44,7 @@ def test_the_blank_gets_the_hint(capsys, checker):
     assert ok is False and out.startswith("❌ Not yet.") and len(out) > 40, out
 
 
-# --- exercise 4: what gradient checkpointing shrinks
+# --- exercise 3: what gradient checkpointing shrinks
 
 def test_checkpointing_shrinks_the_activations_and_nothing_else_much():
     config = load_config("llama-3.1-8b")
@@ -67,7 +68,7 @@ def test_checkpointing_part(capsys):
     assert "Expected one part's name (a string)" in out and "got 3 (int)" in out, out
 
 
-# --- exercise 5: choosing targets under a memory budget
+# --- exercise 4: choosing targets under a memory budget
 
 def test_the_budget_is_decided_by_the_estimates():
     config = load_config("llama-3.1-8b")
@@ -93,7 +94,7 @@ def test_targets_under_budget(capsys):
     assert ok is False and "Expected the name of a target set (a string)" in out, out
 
 
-# --- exercise 6: the bytes of the checkpoints
+# --- exercise 7 (Going deeper): the bytes of the checkpoints
 
 def test_checkpoint_bytes(capsys):
     c = load_config("llama-3.1-70b")
@@ -108,6 +109,91 @@ def test_checkpoint_bytes(capsys):
         assert_wrong(capsys, nb02.check_checkpoint_bytes, wrong, right)
     ok, out = verdict(capsys, nb02.check_checkpoint_bytes, "5 GB")
     assert ok is False and "Expected a number, got '5 GB' (str)." in out, out
+
+
+
+# --- exercise 5, predict then run: the numbers AdamW keeps after one step, full fine-tuning against LoRA
+
+LORA_TARGETS = ["q_proj", "v_proj"]
+
+
+def one_adamw_step(lora: bool):
+    """The notebook's experiment: one AdamW step on the course's small model, every weight trained or LoRA r = 8 on
+    q_proj and v_proj; the optimizer and the weights it was given."""
+    from peft import LoraConfig, get_peft_model
+
+    from course_utils.architecture import random_model
+    course = random_model(load_config("course-llama"), seed=0)
+    trained = get_peft_model(course, LoraConfig(r=8, target_modules=LORA_TARGETS)) if lora else course
+    weights = [p for p in trained.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(weights)
+    ids = torch.randint(0, course.config.vocab_size, (2, 16))
+    trained(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    return optimizer, weights
+
+
+@pytest.fixture(scope="module")
+def adamw_measured():
+    """What the notebook's cell passes to the checker: adamw_numbers after the full step and after the LoRA one."""
+    return [nb02.adamw_numbers(one_adamw_step(lora)[0]) for lora in (False, True)]
+
+
+def test_adamw_numbers_counts_two_moments_per_trained_weight_and_no_step_counter():
+    from course_utils.params import count_params
+    config = load_config("course-llama")
+    for lora, trained in ((False, count_params(config)), (True, lora_params(config, 8, LORA_TARGETS))):
+        optimizer, weights = one_adamw_step(lora)
+        independent = sum(2 * p.numel() for p in weights)  # exp_avg and exp_avg_sq, each the weight's shape
+        assert nb02.adamw_numbers(optimizer) == independent == 2 * trained
+        steps = sum(state["step"].numel() for state in optimizer.state.values())
+        assert steps == len(weights) and nb02.adamw_numbers(optimizer) + steps == sum(
+            v.numel() for state in optimizer.state.values() for v in state.values())
+
+
+def test_adamw_numbers_of_an_optimizer_that_has_not_stepped_is_zero():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3, 4))])
+    assert nb02.adamw_numbers(optimizer) == 0  # AdamW makes its state at the first step
+
+
+def test_adamw_state_judges_the_prediction_against_the_run(capsys, adamw_measured):
+    full, lora = adamw_measured
+    assert full > 50 * lora  # the frozen base keeps nothing: LoRA's state is a small fraction
+    assert_right(capsys, lambda p: nb02.check_adamw_state(p, adamw_measured), (full, lora))
+    assert_right(capsys, lambda p: nb02.check_adamw_state(p, adamw_measured), [full, torch.tensor(lora)])
+    # the checker reads the measurement it is given, not a number of its own
+    assert_right(capsys, lambda p: nb02.check_adamw_state(p, [10, 4]), (10, 4))
+    assert verdict(capsys, lambda p: nb02.check_adamw_state(p, [10, 4]), (full, lora))[0] is False
+
+
+def test_adamw_state_hints_at_each_mistake_without_the_numbers(capsys, adamw_measured):
+    from course_utils.exercises import reset_hints
+    full, lora = adamw_measured
+    check = lambda p: nb02.check_adamw_state(p, adamw_measured)  # noqa: E731
+    secrets = (f"{full:,}", f"{lora:,}", str(full), str(lora))
+    out = assert_wrong_words(capsys, check, (full, full), *secrets)  # the frozen base kept state too
+    assert "frozen" in out
+    out = assert_wrong_words(capsys, check, (full // 2, lora // 2), *secrets)  # one number per weight
+    assert "how many running averages" in out
+    reset_hints()
+    embeddings_twice = full + 2 * load_config("course-llama").vocab_size * load_config("course-llama").hidden_size
+    first = assert_wrong_words(capsys, check, (embeddings_twice, lora), *secrets)
+    second = assert_wrong_words(capsys, check, (embeddings_twice, lora), *secrets)
+    assert first.startswith("❌ Not yet. The full count is off.") and "tied" not in first
+    assert "tied embedding table once" in second and "a second hint" in second
+    assert "The LoRA count is off." in assert_wrong_words(capsys, check, (full, 3 * lora), *secrets)
+
+
+def test_adamw_state_asks_for_the_run_then_the_prediction(capsys, adamw_measured):
+    assert "Run the cell" in verdict(capsys, nb02.check_adamw_state, (1, 2))[1]
+    assert "Run the cell" in verdict(capsys, lambda p: nb02.check_adamw_state(p, "many"), (1, 2))[1]
+    ok, out = verdict(capsys, lambda p: nb02.check_adamw_state(p, adamw_measured), None)
+    assert ok is False and "run the cell again" in out and "MY_PREDICTION" in out
+    for odd in ODD:
+        ok, out = verdict(capsys, lambda p: nb02.check_adamw_state(p, adamw_measured), odd)
+        assert ok is False and out.startswith("❌ Not yet."), out
+    assert "Expected two whole numbers" in verdict(capsys, lambda p: nb02.check_adamw_state(p, adamw_measured),
+                                                   (1, 2, 3))[1]
 
 
 # --- the suggestion names the adapters it assumes

@@ -91,7 +91,7 @@ def test_the_break_even_hint_nudges_first_and_gives_the_formula_second(capsys, a
 
 
 def test_alpha_zero_is_judged_against_what_the_run_measured(capsys):
-    """Exercise 7, predict then run: the right letter is the one the losses show, not a fixed one."""
+    """Exercise 6, predict then run: the right letter is the one the losses show, not a fixed one."""
     torch.manual_seed(0)
     W0 = torch.nn.Linear(16, 16, bias=False).requires_grad_(False)
     layer = LoRALinear(W0, r=4, alpha=4)

@@ -113,3 +113,72 @@ def test_the_classmates_adapter_learns_nothing_and_dropout_is_to_blame(capsys):
         assert_right(capsys, nb04.check_classmate_bug, right)
     for wrong in ("a", "b", "c", "r", "target_modules"):
         assert_wrong_words(capsys, nb04.check_classmate_bug, wrong, "lora_dropout", "(d)")
+
+
+def misspelt_run(target_modules):
+    """What the notebook's exercise 5 cell measures: get_peft_model on the 8B (meta device), its error, the modules
+    it adapted and every warning raised."""
+    import warnings
+
+    outcome = {"error": None, "adapted": []}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            outcome["adapted"] = peft_on_meta("llama-3.1-8b", target_modules=target_modules).targeted_module_names
+        except Exception as err:
+            outcome["error"] = f"{type(err).__name__}: {err}"
+    outcome["warnings"] = [str(w.message) for w in caught]
+    return outcome
+
+
+def test_the_misspelt_target_is_judged_against_what_the_run_measured(capsys):
+    """Exercise 5, predict then run. PEFT 0.20.0 and 0.21.2 were both run on ["q_proj", "v_prj"]: q_proj in every
+    layer, no error and no warning about v_prj, so (b). The right letter is the run's, never a fixed one."""
+    outcome = misspelt_run(["q_proj", "v_prj"])
+    assert outcome["error"] is None and len(outcome["adapted"]) == 32
+    assert nb04.what_peft_did(outcome) == "b", outcome
+    assert_right(capsys, lambda a: nb04.check_misspelt_target(a, outcome), "b")
+    assert_right(capsys, lambda a: nb04.check_misspelt_target(a, outcome), "(B)")
+    for wrong in ("a", "c", "d"):
+        ok, out = verdict(capsys, lambda a: nb04.check_misspelt_target(a, outcome), wrong)
+        assert ok is False and "The run says (b)" in out, out
+    ok, out = verdict(capsys, lambda a: nb04.check_misspelt_target(a, outcome), None)
+    assert ok is False and "(b)" not in out and "MY_PREDICTION" in out, "a blank must not be told the answer"
+    assert "Run the cell" in verdict(capsys, nb04.check_misspelt_target, "b")[1]
+    assert "Run the cell" in verdict(capsys, lambda a: nb04.check_misspelt_target(a, {"error": None}), "b")[1]
+    for odd in ODD:
+        assert verdict(capsys, lambda a: nb04.check_misspelt_target(a, outcome), odd)[0] is False
+
+
+def test_the_misspelt_hint_nudges_first_and_gives_the_reason_second(capsys):
+    outcome = misspelt_run(["q_proj", "v_prj"])
+    first = verdict(capsys, lambda a: nb04.check_misspelt_target(a, outcome), "a")[1]
+    second = verdict(capsys, lambda a: nb04.check_misspelt_target(a, outcome), "c")[1]
+    assert "raises only when no name matches" not in first and "Why?" in first, first
+    assert "raises only when no name matches" in second and "a second hint" in second, second
+
+
+def test_what_happened_reads_each_outcome_and_the_checker_follows_it(capsys):
+    """Each option, from a real run where PEFT can give it (an error when no name matches, v_proj adapted when it
+    is spelt right) or from the outcome another PEFT could give (a warning about v_prj)."""
+    nothing = misspelt_run(["q_prj", "v_prj"])
+    assert nothing["error"] and nb04.what_peft_did(nothing) == "a"
+    both = misspelt_run(["q_proj", "v_proj"])
+    assert nb04.what_peft_did(both) == "d"
+    q_only = [f"model.layers.{i}.self_attn.q_proj" for i in range(32)]
+    warned = {"error": None, "adapted": q_only, "warnings": ["target module 'v_prj' matched nothing"]}
+    silent = {"error": None, "adapted": q_only, "warnings": ["`is_gradient_checkpointing` is deprecated"]}
+    assert nb04.what_peft_did(warned) == "c" and nb04.what_peft_did(silent) == "b"
+    assert nb04.what_peft_did({"error": None, "adapted": [], "warnings": []}) is None
+    for outcome, right in ((nothing, "a"), (both, "d"), (warned, "c")):
+        assert_right(capsys, lambda a: nb04.check_misspelt_target(a, outcome), right)
+        ok, out = verdict(capsys, lambda a: nb04.check_misspelt_target(a, outcome), "b")
+        assert ok is False and f"The run says ({right})" in out, out
+    ok, out = verdict(capsys, lambda a: nb04.check_misspelt_target(a, {"error": None, "adapted": [],
+                                                                         "warnings": []}), "b")
+    assert ok is False and "none of the options" in out, out
+
+
+def test_the_misspelt_options_are_of_comparable_length():
+    lengths = {letter: len(text) for letter, text in nb04.MISSPELT.items()}
+    assert lengths["b"] < max(lengths.values()) and max(lengths.values()) <= 1.25 * min(lengths.values()), lengths

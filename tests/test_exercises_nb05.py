@@ -71,3 +71,39 @@ def test_the_blank_gets_a_hint_for_every_new_checker(capsys):
     for checker in (nb05.check_nf4_near_zero, nb05.check_absmax_level, nb05.check_dq_bits):
         ok, out = verdict(capsys, checker, None)
         assert ok is False and out.startswith("❌ Not yet.") and len(out) > 30, out
+
+
+def nf4_error(weights, block_size):
+    """NF4's mean |error| on `weights` with blocks of `block_size`, as exercise 3's cell measures it."""
+    back = quantization.nf4_dequantize(*quantization.nf4_quantize(weights, block_size), block_size)
+    return (back - weights).abs().mean().item()
+
+
+def test_bigger_blocks_is_judged_against_what_the_run_measured(capsys):
+    """Exercise 3, predict then run: the right letter is the one the two measured errors show, not a fixed one."""
+    torch.manual_seed(0)
+    w = torch.randn(64 * 1024) * 0.02
+    error_64, error_256 = nf4_error(w, 64), nf4_error(w, 256)
+    assert error_256 > 1.05 * error_64  # a block's absmax grows with its size: a coarser step for the rest
+    assert nb05.what_bigger_blocks_did(error_64, error_256) == "a"
+    ok, out = verdict(capsys, lambda a: nb05.check_bigger_blocks(a, error_64, error_256), "a")
+    assert ok is True and out.startswith("✅") and f"{error_256 / error_64 - 1:+.1%}" in out, out
+    for wrong in ("b", "c"):
+        ok, out = verdict(capsys, lambda a: nb05.check_bigger_blocks(a, error_64, error_256), wrong)
+        assert ok is False and "The run says (a)" in out, out
+    # the outcome reader, on each case: grown, within 2%, shrunk
+    assert [nb05.what_bigger_blocks_did(1.0, e) for e in (1.1, 1.01, 0.99, 0.9)] == ["a", "b", "b", "c"]
+    assert nb05.check_bigger_blocks("c", 1.0, 0.9) is True and nb05.check_bigger_blocks("b", 1.0, 1.01) is True
+    assert nb05.check_bigger_blocks("a", 1.0, 0.9) is False
+    capsys.readouterr()
+    ok, out = verdict(capsys, lambda a: nb05.check_bigger_blocks(a, error_64, error_256), None)
+    assert ok is False and "MY_PREDICTION" in out and "(a)" not in out, "a blank prediction must not be told"
+    assert "Run the cell" in verdict(capsys, nb05.check_bigger_blocks, "a")[1]
+    for odd in ODD:
+        ok, out = verdict(capsys, lambda a: nb05.check_bigger_blocks(a, error_64, error_256), odd)
+        assert ok is False and out.startswith("❌ Not yet."), out
+
+
+def test_bigger_blocks_options_read_alike():
+    lengths = {letter: len(text) for letter, text in nb05.BIGGER_BLOCKS.items()}
+    assert max(lengths, key=lengths.get) != "a" and lengths["a"] <= 1.25 * max(lengths.values())

@@ -12,7 +12,7 @@ from course_utils.exercises import nb06
 from tests.test_exercises import ODD, assert_right, assert_wrong_words, verdict
 
 
-# --- exercise 5: the field learned last, from a measured curve
+# --- exercise 2 (predict, then run): the field learned last, from a measured curve
 
 CURVE = [{"step": 5, "field_accuracy": {"for": 0.2, "with": 0.95, "on": 0.5, "at": 0.1, "in": 0.9}},
          {"step": 10, "field_accuracy": {"for": 0.92, "with": 1.0, "on": 0.97, "at": 0.4, "in": 1.0}},
@@ -45,7 +45,7 @@ def test_learned_last_blank_odd_types_and_no_run(capsys):
     assert out.startswith("❌") and "EXERCISE_STEPS" in out
 
 
-# --- exercise 6: what merging into a 4-bit base costs
+# --- exercise 7: what merging into a 4-bit base costs
 
 def test_merge_choice(capsys):
     assert set(nb06.MERGE_CHOICES) == {"a", "b", "c", "d"}
@@ -59,7 +59,7 @@ def test_merge_choice(capsys):
         assert_wrong_words(capsys, nb06.check_merge_4bit, odd, "second rounding")
 
 
-# --- exercise 7: the bits of each part of a QLoRA run
+# --- exercise 8: the bits of each part of a QLoRA run
 
 def test_qlora_bits_are_what_the_course_sets_up():
     bits = nb06.qlora_bits("t4")
@@ -96,5 +96,34 @@ def test_precisions_checker(capsys):
         assert_wrong_words(capsys, nb06.check_precisions, odd)
 
 
-def test_the_fields_of_exercise_5_are_the_tasks():
+def test_the_fields_of_the_learned_last_exercise_are_the_tasks():
     assert set(CURVE[0]["field_accuracy"]) == set(data.FIELDS)
+
+
+# --- the diagnose exercise: pad = EOS, and a collator that masks the pad id
+
+def classmate_batches(tokenizer, examples):
+    """Our batch's labels and the classmate's: theirs masks every position whose id is the pad id, with pad = EOS."""
+    batch = data.pad_batch([data.encode_example(tokenizer, ex) for ex in examples], tokenizer.eos_token_id)
+    return batch["labels"], batch["labels"].masked_fill(batch["input_ids"] == tokenizer.eos_token_id, -100)
+
+
+def test_pad_eos_counts_come_from_real_batches(capsys):
+    from course_utils import runtime
+    _, tokenizer = runtime.load_model(runtime.choose_profile("offline"), four_bit=False)
+    examples = data.load_split("train")[:6]
+    ours, theirs = classmate_batches(tokenizer, examples)
+    eos = tokenizer.eos_token_id
+    assert nb06.eos_graded(ours, eos) == 6 and nb06.eos_graded(theirs, eos) == 0
+    assert nb06.eos_graded([[10, 11], [12, 99]], 99) == 1 and nb06.eos_graded(torch.tensor([[99, 5]]), 99) == 1
+    assert_right(capsys, lambda a: nb06.check_pad_eos(a, 6, 0), "b")
+    nb06_hints = []
+    for wrong in ("a", "c", "d"):
+        nb06_hints.append(assert_wrong_words(capsys, lambda a: nb06.check_pad_eos(a, 6, 0), wrong, "'b'"))
+    assert "Compare the two counts" in nb06_hints[0] and "pad id is the EOS id" in nb06_hints[1]  # two steps
+    # a tokenizer whose pad is not the EOS: masking by id hides only the padding, and (d) is right
+    assert_right(capsys, lambda a: nb06.check_pad_eos(a, 6, 6), "d")
+    _, out = verdict(capsys, nb06.check_pad_eos, "b")  # the cell has not run
+    assert out.startswith("❌") and "Run the cell" in out
+    for odd in ODD:
+        assert_wrong_words(capsys, lambda a: nb06.check_pad_eos(a, 6, 0), odd)

@@ -96,7 +96,7 @@ def test_real_lr_ratio_is_read_off_the_smollm2_sweep(capsys):
     assert_right(capsys, nb07.check_real_lr_ratio, round(ratio, 1))
     assert "LoRA's over full's" in assert_wrong_words(capsys, nb07.check_real_lr_ratio, 1 / ratio)
     assert_wrong_words(capsys, nb07.check_real_lr_ratio, ratio * 3)
-    assert "section 9" in verdict(capsys, nb07.check_real_lr_ratio, None)[1]
+    assert "SmolLM2 section" in verdict(capsys, nb07.check_real_lr_ratio, None)[1]
     for odd in ODD[:6]:
         assert_wrong_words(capsys, nb07.check_real_lr_ratio, odd)
 
@@ -140,3 +140,55 @@ def test_real_difference_follows_the_committed_dora_runs(capsys):
         assert_wrong_words(capsys, nb07.check_real_difference, wrong, f"({right})")
     lengths = sorted(len(text) for text in nb07.REAL_DIFFERENCE.values())
     assert lengths[-1] < 1.2 * lengths[-2]  # no option stands out by its length
+
+
+def classmate_rows() -> dict[tuple[int, float | None, float], list[dict]]:
+    """The alpha-scaling grid's runs on all seven projections, by (r, alpha, lr), read here without course_utils."""
+    rows = json.loads(lora_sweeps.RESULTS.read_text())["results"]["scaling"]
+    by_point: dict[tuple[int, float | None, float], list[dict]] = {}
+    for row in rows:
+        p = row["point"]
+        if p["method"] == "lora" and p["scaling"] == "alpha/r" and sorted(p["targets"]) == sorted(ALL):
+            by_point.setdefault((p["r"], p["alpha"], p["lr"]), []).append(row)
+    return by_point
+
+
+def test_classmate_runs_show_what_the_exercise_says():
+    """Exercise 6's story holds in the committed sweep: alpha = 2r at lr 0.01 trains at r = 16 and breaks down at
+    r = 128 (not from the start, not slowly, not by memorising); a lower rate, or alpha kept fixed, trains r = 128."""
+    rows = classmate_rows()
+    r16, r128 = rows[(16, None, 0.01)][0], rows[(128, None, 0.01)][0]
+    assert nb07.classmate_runs() == {16: r16, 128: r128}
+    assert r128["val_loss"] > 10 * r16["val_loss"]
+    assert r128["train_curve"][0] == r16["train_curve"][0]  # (d): the same start, B = 0
+    assert min(r128["train_curve"][:3]) < min(r16["train_curve"][:3])  # (c): faster than r = 16 at first ...
+    assert max(r128["train_curve"][3:]) > 2 * min(r128["train_curve"][:3])  # ... then back up: steps too large
+    assert min(r128["train_curve"][-5:]) > 10 * max(r16["train_curve"][-5:])  # (a): no memorising either
+    assert rows[(128, None, 0.003)][0]["val_loss"] < 2 * r16["val_loss"]  # a lower rate trains r = 128
+    fixed = [row["val_loss"] for row in rows[(128, 16, 0.01)]]
+    assert len(fixed) == 3 and max(fixed) < 2 * r16["val_loss"]  # alpha fixed: the rate carries over
+
+
+def test_classmate_fix_keeps_alpha_and_the_rate():
+    fix = nb07.CLASSMATE_FIX
+    assert (fix.method, fix.r, fix.lr, fix.scaling) == ("lora", 128, 0.01, "alpha/r")
+    assert fix.lora_alpha == 2 * 16 and sorted(fix.targets) == sorted(ALL)  # r = 16's alpha, kept
+
+
+def test_classmate_rank_is_b_with_hints_in_two_steps(capsys):
+    from course_utils.exercises import reset_hints
+    reset_hints()
+    assert_right(capsys, nb07.check_classmate_rank, "b")
+    assert_right(capsys, nb07.check_classmate_rank, "(B)")
+    for wrong, words in (("a", "emoris"), ("c", "too low"), ("d", "same loss")):
+        assert words in assert_wrong_words(capsys, nb07.check_classmate_rank, wrong, "(b)", "alpha = 2r")
+    ok, first = verdict(capsys, nb07.check_classmate_rank, None)
+    assert ok is False and "alpha / r" not in first and "too large" not in first
+    ok, second = verdict(capsys, nb07.check_classmate_rank, None)
+    assert ok is False and "alpha / r" in second and "second hint" in second and "(b)" not in second
+    lengths = sorted((len(text), letter) for letter, text in nb07.CLASSMATE_BLAME.items())
+    assert lengths[-1][1] != "b", "the right option is the longest"
+    assert lengths[-1][0] < 1.2 * lengths[0][0], "an option stands out by its length"
+    for odd in ODD:
+        if not isinstance(odd, str):
+            assert_wrong_words(capsys, nb07.check_classmate_rank, odd)

@@ -108,13 +108,13 @@ def test_notebook_06_guards_cells_run_twice_or_out_of_order(capsys):
     """The LoRA cell run again keeps the trained adapter; the "after" cell run before training says what to do."""
     import torch
     from peft import PeftModel
-    from course_utils import evaluation, runtime, training
+    from course_utils import cells, evaluation, runtime, training
     nb = nbformat.read(next(p for p in NOTEBOOKS if p.name.startswith("06")), as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     lora_cell = next(src for src in code if "def build_qlora_model" in src)
-    after_cell = next(src for src in code if src.startswith('if "result" not in globals()'))
+    after_cell = next(src for src in code if src.startswith('if cells.ready(globals(), "result"'))
 
-    exec(after_cell, {"print": print})  # nothing trained: a sentence, no NameError
+    exec(after_cell, {"print": print, "cells": cells})  # nothing trained: a sentence, no NameError
     assert "run the training cell of section 8 first" in capsys.readouterr().out
 
     profile = runtime.choose_profile("offline")

@@ -31,6 +31,7 @@ def prose_sentences(nb) -> list[str]:
     sentences = []
     for cell in (c for c in nb.cells if c.cell_type == "markdown"):
         text = re.sub(r"<details>.*?</details>", " ", cell.source, flags=re.S)
+        text = re.sub(r"^\*\*Time:\*\*.*$", " ", text, flags=re.M)  # counted by scripts/study_time.py
         text = re.sub(r"```.*?```|`[^`]*`|\]\([^)]*\)|https?://\S+", " ", text, flags=re.S)
         text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
         text = re.sub(r"\b(?:[Ss]ections?|[Nn]otebooks?|Exercise|claims?)\s+\d+(?:(?:,\s*|\s+and\s+|\s+to\s+)\d+)*",
@@ -94,3 +95,10 @@ def test_prose_numbers_hold_in_both_profiles(path, cpu_record):
     flagged = unnamed_profile_numbers(nb, outputs_text(nb), cpu_out)
     assert not flagged, (f"{path.name}: numbers in the prose that only one profile prints; compute them, or name the "
                          "profile in the sentence:\n" + "\n".join(f"  {n}: {s}" for n, s in flagged))
+
+
+def test_the_time_line_is_not_a_profile_number():
+    """A first cell's "**Time:**" line is counted from the notebook's text by scripts/study_time.py, not printed."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        "# 06\n\n**Time:** the main path takes about 75 minutes; \"Going deeper\" adds about 50.")])
+    assert unnamed_profile_numbers(nb, "of 50 requests", "of 100 requests") == []

@@ -124,7 +124,7 @@ def check_rope_scaling(answer: str) -> bool:
 
 
 def check_six_layers(prediction, measured: int | None = None) -> bool:
-    """Exercise 9, predict then run: the course's small model with 6 decoder layers instead of 3, in parameters;
+    """Exercise 6, predict then run: the course's small model with 6 decoder layers instead of 3, in parameters;
     `measured` is the count of the model the cell builds."""
     if measured is None:
         return report(False, "", "Run the cell: it builds the 6-layer model and passes its count here.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from course_utils.activations import activation_bytes
 from course_utils.configs import load_config
-from course_utils.exercises import close, describe, not_a_number, report, two_step
+from course_utils.exercises import as_numbers, close, describe, not_a_number, not_numbers, report, two_step
 from course_utils.lora import lora_params
 from course_utils.memory import COPIES_PART, training_memory, weight_bytes
 from course_utils.params import ATTENTION, LINEAR_KINDS, MLP, param_breakdown
@@ -22,7 +22,7 @@ def check_layer_params(answer: int) -> bool:
 
 
 def check_nf4_gb(answer: float) -> bool:
-    """Llama 3.2 3B's weights in NF4 with double quantization, in GB (1e9 bytes), within 1%."""
+    """Exercise 6 (Going deeper): Llama 3.2 3B's weights in NF4 with double quantization, in GB, within 1%."""
     gb = weight_bytes(load_config("llama-3.2-3b"), "nf4", double_quant=True) / 1e9
     if not_a_number(answer):
         return False
@@ -45,7 +45,7 @@ def check_lora_params(answer: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Exercise 4: which part gradient checkpointing shrinks (a concept, answered with a part's name)
+# Exercise 3: which part gradient checkpointing shrinks (a concept, answered with a part's name)
 # ---------------------------------------------------------------------------------------------------------------
 
 PARTS = ("weights", "LoRA adapter", "gradients", "optimizer states", "activations", COPIES_PART)
@@ -75,7 +75,7 @@ def check_checkpointing_part(answer) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Exercise 5: choosing LoRA targets under a memory budget (answer a name of TARGET_SETS)
+# Exercise 4: choosing LoRA targets under a memory budget (answer a name of TARGET_SETS)
 # ---------------------------------------------------------------------------------------------------------------
 
 TARGET_SETS = {"qv": ("q_proj", "v_proj"), "attention": ATTENTION, "mlp": MLP, "all-linear": LINEAR_KINDS}
@@ -119,7 +119,7 @@ def check_targets_under_budget(answer) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Exercise 6: the bytes gradient checkpointing keeps
+# Exercise 7 (Going deeper): the bytes gradient checkpointing keeps
 # ---------------------------------------------------------------------------------------------------------------
 
 def checkpoint_bytes() -> int:
@@ -136,3 +136,49 @@ def check_checkpoint_bytes(answer) -> bool:
     return report(close(answer, n), f"{n:,} bytes ({n / 1e9:.1f} GB): one hidden-size vector per token per layer.",
                   "A checkpoint is one layer's input: a hidden-size vector per token, 2 bytes per value in bf16. "
                   "Count every token of the batch, in every decoder layer of the 70B.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise 5, predict then run: the numbers AdamW keeps after one step, full fine-tuning against LoRA
+# ---------------------------------------------------------------------------------------------------------------
+
+def adamw_numbers(optimizer) -> int:
+    """The numbers an optimizer keeps in its state: for AdamW, its two running averages (`exp_avg`, `exp_avg_sq`)
+    of every weight it has updated. The step counters are left out: one per weight tensor, not per weight."""
+    return sum(value.numel() for state in optimizer.state.values() for name, value in state.items()
+               if name != "step" and hasattr(value, "numel"))
+
+
+def check_adamw_state(prediction, measured=None) -> bool:
+    """Exercise 5, predict then run: `prediction` is (full, lora), the numbers in AdamW's state after one step of
+    full fine-tuning and one of LoRA (r = 8 on q_proj and v_proj) on the course's small model; `measured` is what
+    the cell counted in `optimizer.state` (adamw_numbers) after those two steps."""
+    measured = as_numbers(measured, whole=True) if measured is not None else None
+    if measured is None or len(measured) != 2:
+        return report(False, "", "Run the cell: it takes the two AdamW steps and passes what it counted here.")
+    if not_numbers(prediction, whole=True):
+        return False
+    if prediction is None:
+        return report(False, "", "Write your prediction in MY_PREDICTION, as (full, lora), and run the cell again: "
+                      "the checker compares it with what the two steps left in optimizer.state.")
+    given = as_numbers(prediction, whole=True)
+    if len(given) != 2:
+        return report(False, "", f"Expected two whole numbers, (full, lora); got {len(given)}.")
+    (full, lora), (guess_full, guess_lora) = measured, given
+    right = [close(guess, real, rel=0.005) for guess, real in zip(given, measured)]
+    if all(right):
+        return report(True, f"{full:,} for full fine-tuning, {lora:,} for LoRA, {full / lora:,.0f} times fewer: "
+                      "AdamW keeps two running averages for each weight it updates, and nothing for a frozen one.", "")
+    if close(guess_lora, full, rel=0.005):
+        hint = ("Your LoRA count is the full one. The frozen weights get no gradient and the optimizer is never "
+                "given them: which weights does AdamW update in the LoRA step?")
+    elif close(2 * guess_full, full, rel=0.005) or close(2 * guess_lora, lora, rel=0.005):
+        hint = "One number per trained weight is not all: how many running averages does Adam keep for each?"
+    else:
+        which = "The full count is" if right[1] else "The LoRA count is" if right[0] else "Both counts are"
+        hint = f"{which} off. " + two_step(
+            "nb02.adamw_state", "Which weights does each step update, and how many numbers does AdamW keep for "
+            "each of them (section 4 lists what training adds)?", "2 x the trainable parameters: every weight of "
+            "the model for full fine-tuning (the tied embedding table once), and r x (in + out) per target per "
+            "layer for LoRA, with the course model's own head_dim.")
+    return report(False, "", hint)

@@ -97,8 +97,8 @@ def check_double_r(answer: str) -> bool:
     hints = {None: "Work out alpha / r before and after, then think of what B A x adds up: one term per rank.",
              "a": "Look at which of alpha and r is in the denominator.",
              "c": "The scale multiplies B A x in every forward pass, during training and after it.",
-             "b": "The scale halves, but B A also changed: it adds up more terms now. Section 8's first panel "
-                  "measured the size of the update for each r."}
+             "b": "The scale halves, but B A also changed: it adds up more terms now. The first panel of "
+                  "\"Why divide by r?\" measured the size of the update for each r."}
     return choice(answer, DOUBLE_R_CHOICES, "d", "alpha / r goes from 2 to 1, while B A gains directions: the LoRA "
                   "paper's reason for dividing by r is that you can change r without tuning the learning rate "
                   "again (Hu et al. 2021, section 4.1).", hints, blank=hints[None])
@@ -135,7 +135,7 @@ def check_merged_extra_flops(answer: float) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Exercise 7: predict, then run: a rank-8 adapter trained with alpha = 0
+# Exercise 6: predict, then run: a rank-8 adapter trained with alpha = 0
 # ----------------------------------------------------------------------------------------------------------
 
 ALPHA_ZERO = {
@@ -154,7 +154,7 @@ def what_happened(losses: list[float]) -> str:
 
 
 def check_alpha_zero(prediction, losses: list[float] | None = None) -> bool:
-    """Exercise 7: the student's prediction (a letter of ALPHA_ZERO) against what the run measured."""
+    """Exercise 6: the student's prediction (a letter of ALPHA_ZERO) against what the run measured."""
     if losses is None:
         return report(False, "", "Run the cell that trains the alpha = 0 adapter; it passes its losses here.")
     happened = what_happened(losses)

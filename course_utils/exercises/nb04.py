@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from course_utils.configs import load_config
-from course_utils.exercises import choice, close, describe, not_a_number, not_names, report, two_step
+from course_utils.exercises import (choice, close, describe, not_a_number, not_names, plain, report,
+                                    two_step)
 from course_utils.lora import lora_params
 from course_utils.params import LINEAR_KINDS, MLP
 
@@ -46,10 +47,10 @@ def check_adapter_megabytes(answer: float) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Exercises 4 to 6: what "all-linear" picks, why the adapter is fp32, and how to get a plain model back
+# Exercises 4, 6 and 8: what "all-linear" picks, how to get a plain model back, why the adapter is fp32
 # ----------------------------------------------------------------------------------------------------------
 
-# Exercise 5, multiple choice: the options as the notebook prints them (nb04.FP32_ADAPTER).
+# Exercise 8 (Going deeper), multiple choice: the options as the notebook prints them (nb04.FP32_ADAPTER).
 FP32_ADAPTER = {
     "a": "Many small steps add up in A and B, and bf16 rounds away a step under 1/256 of a value.",
     "b": "fp32 matrix products are faster than bf16 ones on a GPU, and the adapter runs at every step.",
@@ -149,3 +150,55 @@ def check_classmate_bug(answer) -> bool:
                   "B A x is 0 and no gradient reaches A or B: the loss never moves. 0.1 was meant.", hints,
                   blank="Answer with a letter of nb04.BLAME or a setting's name. What does each setting do to "
                         "B A x during training?", names=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercise 5: predict, then run: a misspelt name in target_modules
+# ----------------------------------------------------------------------------------------------------------
+
+MISSPELT = {
+    "a": "It stops with an error that names 'v_prj', before it adapts any layer.",
+    "b": "It adapts q_proj in every layer and says nothing at all about 'v_prj'.",
+    "c": "It warns that 'v_prj' matched nothing, then adapts q_proj in every layer.",
+    "d": "It reads 'v_prj' as v_proj, so q_proj and v_proj both get an adapter.",
+}
+
+
+def what_peft_did(outcome: dict) -> str | None:
+    """Which of MISSPELT a run of get_peft_model with target_modules=["q_proj", "v_prj"] shows. `outcome` is what
+    the notebook's cell measured: {"error": the error as text or None, "adapted": PEFT's targeted_module_names,
+    "warnings": the text of every warning raised}. None when no option says what happened."""
+    if outcome.get("error"):
+        return "a"
+    kinds = {name.split(".")[-1] for name in outcome.get("adapted", [])}
+    if "v_proj" in kinds:
+        return "d"
+    if kinds == {"q_proj"}:
+        return "c" if any("v_prj" in str(w) for w in outcome.get("warnings", [])) else "b"
+    return None
+
+
+def check_misspelt_target(prediction, outcome: dict | None = None) -> bool:
+    """Exercise 5: the student's prediction (a letter of MISSPELT) against what the run measured."""
+    if not isinstance(outcome, dict) or not {"error", "adapted", "warnings"} <= outcome.keys():
+        return report(False, "", "Run the cell that calls get_peft_model with the misspelt name; it passes its "
+                      "outcome (a dict with error, adapted and warnings) here.")
+    happened = what_peft_did(outcome)
+    if happened is None:
+        return report(False, "", "Your run did something none of the options say (no error, and q_proj is not "
+                      "what was adapted): print outcome to see what it measured.")
+    if prediction is None:
+        return report(False, "", f"Write your prediction in MY_PREDICTION ({', '.join(MISSPELT)}) in the cell "
+                      "above and run both cells again: the checker compares it with what the run measured.")
+    why = ("PEFT matches each name of target_modules against the end of every module's name, and raises only "
+           "when no name matches anything.")
+    praise = {"a": f"{why} Here nothing matched, so it raised.",
+              "b": f"{why} q_proj matched, so the adapter trains on half the layers you meant, without a word: "
+                   "print targeted_module_names after get_peft_model.",
+              "c": f"{why} This PEFT also warned about the name that matched nothing: read the warnings.",
+              "d": "PEFT matched a name you did not write: print targeted_module_names to see which."}[happened]
+    wrong = isinstance(prediction, str) and plain(prediction) in MISSPELT and plain(prediction) != happened
+    hint = "" if not wrong else two_step(
+        "nb04.misspelt", f"The run says ({happened}): {MISSPELT[happened]} Why? Think of how PEFT decides that a "
+        "module is a target, and of when it has a reason to complain.", why)
+    return choice(prediction, MISSPELT, happened, praise, {letter: hint for letter in MISSPELT})

@@ -9,7 +9,7 @@ from course_utils.exercises import (as_number, as_numbers, choice, close, not_a_
 
 # The block of exercise 1 (four weights of one block).
 BLOCK = [0.12, -0.5, 0.031, 0.26]
-# Exercise 2: a weight and the absmax of its block.
+# Exercise 4 (under "More exercises"): a weight and the absmax of its block.
 WEIGHT, BLOCK_ABSMAX = 0.02, 0.05
 
 
@@ -61,10 +61,10 @@ def check_70b_nf4_bytes(without_double_quant: float, with_double_quant: float) -
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Exercises 4 to 6: why NF4's levels sit where they sit, where a block's absmax lands, double quantization
+# Exercises 2, 6 and 7: why NF4's levels sit where they sit, where a block's absmax lands, double quantization
 # ----------------------------------------------------------------------------------------------------------
 
-# Exercise 4, multiple choice: the options as the notebook prints them (nb05.NF4_NEAR_ZERO).
+# Exercise 2, multiple choice: the options as the notebook prints them (nb05.NF4_NEAR_ZERO).
 NF4_NEAR_ZERO = {
     "a": "Weights near 0 matter more to the model's output than large ones, so they get the finer levels.",
     "b": "Each level holds an equal share of a normal curve, and most of a block's weights sit near 0.",
@@ -72,7 +72,7 @@ NF4_NEAR_ZERO = {
     "d": "NF4 needs an exact zero to pad its blocks, and int4's evenly spaced grid of levels has none.",
 }
 _NF4_NEAR_ZERO_RIGHT = "b"
-# Exercise 6: the block sizes of a variant of double quantization.
+# Exercise 7: the block sizes of a variant of double quantization.
 DQ_BLOCK, DQ_GROUP = 128, 256
 
 
@@ -107,7 +107,7 @@ def check_absmax_level(answer: float) -> bool:
     hint = hints.get(value, "The absmax is the largest |weight| of the block: divide it by itself.")
     return report(close(value, top), f"The absmax divided by itself is {top:g}, NF4's top level, so the "
                   "largest weight of every block is stored exactly: one weight per block of 64 (the spikes at "
-                  "the ends of section 5's histogram).", hint)
+                  "the ends of the histogram in \"Going deeper\").", hint)
 
 
 def check_dq_bits(answer: float) -> bool:
@@ -131,3 +131,40 @@ def check_dq_bits(answer: float) -> bool:
                 f"shared by {DQ_GROUP} blocks of {DQ_BLOCK} weights (section 8 did it for 64).")
     return report(value is not None and close(value, right, rel=1e-4), f"4 + 8/{DQ_BLOCK} + 32/({DQ_BLOCK}*{DQ_GROUP}) = {right:.4f} "
                   f"bits per weight, against {nf4_bits_per_param(DQ_BLOCK):.4f} with fp32 constants.", hint)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercise 3: predict, then run: NF4 with blocks of 256 instead of 64, on the same weights
+# ----------------------------------------------------------------------------------------------------------
+
+BIGGER_BLOCKS = {
+    "a": "it grows: one absmax sets the step of 256 weights, most well below it",
+    "b": "it stays within 2%: the 16 levels and the 4-bit indices are the same",
+    "c": "it shrinks: a quarter of the constants leaves more bits for the weights",
+}
+
+
+def what_bigger_blocks_did(error_64: float, error_256: float) -> str:
+    """Which of BIGGER_BLOCKS the two measured mean errors show: grown or shrunk by more than 2%, or neither."""
+    ratio = error_256 / error_64
+    if ratio > 1.02:
+        return "a"
+    return "c" if ratio < 0.98 else "b"
+
+
+def check_bigger_blocks(prediction, error_64: float | None = None, error_256: float | None = None) -> bool:
+    """Exercise 3: the student's prediction (a letter of BIGGER_BLOCKS) against the errors the run measured."""
+    if error_64 is None or error_256 is None:
+        return report(False, "", "Run the cell that quantizes the layer with both block sizes; it passes the two "
+                      "errors here.")
+    happened = what_bigger_blocks_did(error_64, error_256)
+    if prediction is None:
+        return report(False, "", f"Write your prediction in MY_PREDICTION ({', '.join(BIGGER_BLOCKS)}) and run the "
+                      "cell again, before you read its errors: the checker compares it with what the run measured.")
+    change = error_256 / error_64 - 1
+    return choice(prediction, BIGGER_BLOCKS, happened, f"The mean error changed by {change:+.1%}. Each weight still "
+                  "gets one of 16 levels, but the levels are stretched to its block's largest |w|: the larger the "
+                  "block, the further out its largest weight tends to sit, and the coarser the step for all the "
+                  "others (section 3's outlier, in a milder form). Blocks of 64 pay 0.5 bits per weight for that.",
+                  {letter: f"The run says ({happened}): {BIGGER_BLOCKS[happened]}. Why? Compare a block's absmax "
+                   "with its typical weight, for 64 and for 256 weights." for letter in BIGGER_BLOCKS})

@@ -88,7 +88,7 @@ def check_lora_params_8b(answer, r: int = 32) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Exercise 5: which field does a fresh adapter learn last? (the notebook trains one of its own and measures)
+# Exercise 2 (predict, then run): which field does a fresh adapter learn last? (the notebook trains one of its own and measures)
 # ----------------------------------------------------------------------------------------------------------
 
 LEARNED = 0.9  # a field counts as learned once this share of the probe gets it right
@@ -127,7 +127,7 @@ def check_learned_last(answer, curve: list[dict] | None = None) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Exercise 6: what merging into a 4-bit base costs (multiple choice)
+# Exercise 7: what merging into a 4-bit base costs (multiple choice)
 # ----------------------------------------------------------------------------------------------------------
 
 MERGE_CHOICES = {
@@ -136,24 +136,24 @@ MERGE_CHOICES = {
     "c": "The adapter's A and B are quantized to 4 bits and then kept beside the base.",
     "d": "Each merged weight is rounded to NF4 again, so part of the update is lost.",
 }
-_MERGE_TRUE = "d"  # section 12 of notebook 06 measures it: the logits change after merge_and_unload
+_MERGE_TRUE = "d"  # section 11 of notebook 06 measures it: the logits change after merge_and_unload
 
 
 def check_merge_4bit(answer) -> bool:
     """Which of MERGE_CHOICES says what `merge_and_unload` on a 4-bit base costs? One letter."""
-    why = {"a": "Section 12 measured the logits after the merge: did they stay the same?",
+    why = {"a": "Section 11 measured the logits after the merge: did they stay the same?",
            "c": "After merge_and_unload the model has no adapter left: where did B A go?",
            "b": "merge_and_unload returns one plain model, in the base's storage: what does that storage do "
                 "to a weight that changed a little?"}
     return choice(answer, MERGE_CHOICES, _MERGE_TRUE,
                   "The merge dequantizes, adds the update and quantizes again: a second rounding to NF4. "
-                  "Keep the adapter separate, or merge into the dequantized weights kept in 16 bits (section 12).", why,
+                  "Keep the adapter separate, or merge into the dequantized weights kept in 16 bits (section 11).", why,
                   blank="Answer with one letter of nb06.MERGE_CHOICES. Think about what PEFT must do to add a "
                         "16-bit update into a weight stored in 4 bits.")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Exercise 7: the bits of each part of a QLoRA run on a T4
+# Exercise 8: the bits of each part of a QLoRA run on a T4
 # ----------------------------------------------------------------------------------------------------------
 
 QLORA_PARTS = ("base Linear weights", "embeddings, norms, lm_head", "LoRA A and B", "gradients",
@@ -196,3 +196,38 @@ def check_precisions(answer, preset: str = "t4") -> bool:
     return report(not wrong, "4-bit storage, 16-bit arithmetic, and fp32 for everything that learns; "
                   "only the moments are squeezed to 8 bits.",
                   f"{len(wrong)} of {len(QLORA_PARTS)} are off, {wrong[0]!r} among them." if wrong else "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercise 1 (diagnose): a classmate's collator hides the padding from the loss, and pad = EOS
+# ----------------------------------------------------------------------------------------------------------
+
+PAD_EOS_CHOICES = {
+    "a": "it never learns the five fields: their collator hides the answer's tokens too",
+    "b": "it writes the record, then goes on: no label ever showed it where to stop",
+    "c": "its loss turns to NaN on step one: some rows end up with no label at all",
+    "d": "it trains exactly like ours: padding never carries a label in either batch",
+}
+
+
+def eos_graded(labels, eos_id: int) -> int:
+    """How many rows of a batch's labels (a 2-D tensor or a list of lists) grade the EOS token."""
+    rows = labels.tolist() if hasattr(labels, "tolist") else labels
+    return sum(eos_id in row for row in rows)
+
+
+def check_pad_eos(answer, ours: int | None = None, theirs: int | None = None) -> bool:
+    """The classmate's batch against ours: `ours` and `theirs` are the rows whose labels grade the EOS, counted by
+    the exercise's cell (eos_graded). The right letter follows from them: none of theirs graded -> (b)."""
+    if ours is None or theirs is None:
+        return report(False, "", "Run the cell that builds both batches: it passes the two counts here.")
+    right = "b" if theirs == 0 < ours else "d"
+    why = {"b": "Their line sets every position whose id is the pad id to -100, and with pad = EOS that is the "
+                "EOS too: the model is never graded on stopping, so it writes the record and keeps going. "
+                "Mask by position (the padding added, not its id), as data.pad_batch does.",
+           "d": "Here the pad id is not the EOS, so masking by id hides only the padding."}[right]
+    return choice(answer, PAD_EOS_CHOICES, right, why, {
+        letter: two_step("pad_eos", "Compare the two counts the cell printed: what do their labels never hold?",
+                         "Their line masks by id, and the pad id is the EOS id: which label disappears, and "
+                         "what does a model never graded on it never learn?")
+        for letter in PAD_EOS_CHOICES if letter != right})

@@ -8,10 +8,11 @@ import math
 
 from course_utils import claims
 from course_utils.configs import load_config
-from course_utils.exercises import choice, close, not_a_number, not_numbers, report
+from course_utils.exercises import choice, close, not_a_number, not_numbers, report, two_step
 from course_utils.lora import lora_params
 from course_utils.params import LINEAR_KINDS
 from course_utils.runtime import repo_root
+from course_utils.sweeps import SweepPoint
 
 RESULTS = ("benchmarks", "results", "lora_sweeps.json")
 REAL_RESULTS = ("benchmarks", "results", "lora_sweeps_smollm2.json")
@@ -87,15 +88,65 @@ def check_rslora_scale(answer: float) -> bool:
 
 
 def check_real_lr_ratio(answer: float) -> bool:
-    """On SmolLM2 (section 9): LoRA's best learning rate divided by full fine-tuning's."""
+    """On SmolLM2 (Going deeper, B): LoRA's best learning rate divided by full fine-tuning's."""
     lora, full = (best_lr(m, "smollm2-lr", REAL_RESULTS) for m in ("lora", "full"))
     if not_a_number(answer):
         return False
-    hint = "Read the two stars of section 9's left plot, then divide LoRA's rate by full fine-tuning's."
+    hint = "Read the two stars of the SmolLM2 section's left plot, then divide LoRA's rate by full fine-tuning's."
     if close(answer, full / lora, rel=0.05):
         hint = "That is full fine-tuning's rate over LoRA's; the question asks for LoRA's over full's."
     return report(close(answer, lora / full, rel=0.05),
                   f"{lora:g} / {full:g} = {lora / full:.2g}: the '10x' of claim 1, on real weights.", hint)
+
+
+# Exercise 6, diagnose: a classmate raised the rank with the habit alpha = 2r, at the rate tuned for r = 16
+# ----------------------------------------------------------------------------------------------------------
+
+ALL_SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CLASSMATE_RANKS = (16, 128)  # their run that worked, and the one that did not: alpha = 2r, lr 0.01, seed 0
+CLASSMATE_FIX = SweepPoint(r=128, alpha=32, targets=ALL_SEVEN, lr=1e-2)  # alpha kept at r = 16's value
+
+CLASSMATE_BLAME = {
+    "a": "r = 128 is close to the layers' width (192): a nearly full-rank adapter memorises the training "
+         "examples, so the loss climbs.",
+    "b": "alpha = 2r keeps the factor at 2 while B A x now sums 128 pieces, not 16: each step moves far more, "
+         "so lr 0.01 is too high.",
+    "c": "lr 0.01 is too low for r = 128: eight times the parameters share the same 40 steps, so each one "
+         "learns too slowly.",
+    "d": "A larger r draws A with more random values, so the model starts from a worse loss than at r = 16 "
+         "and never recovers.",
+}
+_CLASSMATE_RIGHT = "b"
+
+
+def classmate_runs() -> dict[int, dict]:
+    """The classmate's two runs, by rank, from the committed sweep (its alpha-scaling grid: alpha = 2r, all seven
+    projections, lr 0.01, seed 0)."""
+    results = sweep_results()
+    runs = {r: next(row for row in results["scaling"] if SweepPoint.from_dict(row["point"])
+                    == SweepPoint(r=r, alpha=None, targets=ALL_SEVEN, lr=1e-2)) for r in CLASSMATE_RANKS}
+    return runs
+
+
+def check_classmate_rank(answer: str) -> bool:
+    """Why the classmate's r = 128 run (alpha = 2r, the rate tuned at r = 16) broke down: a letter of
+    CLASSMATE_BLAME."""
+    hints = {"a": "Memorising lowers the training loss while the validation loss rises; here the training loss "
+                  "itself jumps back up and stalls.",
+             "c": "A rate too low gives a curve that falls slowly; r = 128's fell faster than r = 16's in its first "
+                  "steps, then jumped back up.",
+             "d": "Both curves start at the same loss: B starts at zero, so B A x = 0 at step 0 whatever r is "
+                  "(notebook 03)."}
+    blank = None
+    if answer is None:
+        blank = two_step("nb07.classmate_rank", "Two settings changed between the runs, r and alpha. Does r = "
+                         "128's curve go wrong by moving too slowly or too far?", "It falls faster than r = 16's, "
+                         "then jumps back up: steps too large. With alpha = 2r, what is the factor alpha / r at "
+                         "r = 128, and what does it multiply? (Exercise 5.)")
+    return choice(answer, CLASSMATE_BLAME, _CLASSMATE_RIGHT, "With alpha = 2r the factor stays 2 and B A x adds "
+                  "up eight times more rank-one pieces, each moved by about the learning rate: the update grows "
+                  "with r, and the rate tuned at r = 16 is too high at r = 128. Keep alpha fixed when you change "
+                  "r (claim 3), or lower the rate; the cell trains the first fix.", hints, blank=blank)
 
 
 # Multiple choice: what the habit alpha = 2r does when you change r (the notebook prints the options).
@@ -185,7 +236,7 @@ REAL_DIFFERENCE = {
 
 
 def check_real_difference(answer: str) -> bool:
-    """Section 8: is the gap between DoRA's and LoRA's best validation loss real, at three seeds?"""
+    """Going deeper, A (DoRA): is the gap between DoRA's and LoRA's best validation loss real, at three seeds?"""
     right = dora_difference()
     hints = {"a": "Compare the two error bars at each method's best rate: does every DoRA seed sit below every "
                   "LoRA seed?",
@@ -194,5 +245,5 @@ def check_real_difference(answer: str) -> bool:
              "c": "Compare the two error bars at each method's best rate: do they overlap?",
              "d": "This notebook's rule needs no p-value: it compares the ranges of the seeds."}
     return choice(answer, REAL_DIFFERENCE, right, "The rule of this notebook: a difference counts when the seeds' "
-                  "ranges do not overlap; section 8's verdict applies it.",
+                  "ranges do not overlap; claim 6's verdict applies it.",
                   {k: v for k, v in hints.items() if k != right})

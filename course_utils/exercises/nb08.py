@@ -106,3 +106,53 @@ def check_quant_storage(answer) -> bool:
                   {"b": "The storage dtype is how the packed bytes are labelled; the kernel does the same work.",
                    "c": "Check the parameter's bytes in section 7: the same bytes, fewer elements.",
                    "d": "bitsandbytes dequantizes uint8 storage everywhere; the problem is FSDP's, not the kernel's."})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exercise 6: predict, then run: gradient accumulation, 4 micro-batches of 2 against one batch of 8
+# ----------------------------------------------------------------------------------------------------------
+
+ACCUMULATION = {
+    "a": "the same, to float32 rounding: the same 8 examples, the same tokens",
+    "b": "a different one: a token counts for more in a micro-batch of fewer",
+    "c": "the same direction, another length: only the loss's scale changed",
+}
+
+
+def accumulation_figures(accumulated, one_batch) -> tuple[float, float]:
+    """How far the accumulated gradient is from the batch's, relative to the batch's norm, and the cosine of the
+    angle between them (computed in float64)."""
+    accumulated, one_batch = accumulated.double().flatten(), one_batch.double().flatten()
+    relative = ((accumulated - one_batch).norm() / one_batch.norm()).item()
+    cosine = (accumulated @ one_batch / (accumulated.norm() * one_batch.norm())).item()
+    return relative, cosine
+
+
+def what_accumulation_did(accumulated, one_batch) -> str:
+    """Which of ACCUMULATION two measured gradients show: equal to float32 rounding, or the same direction at
+    another length, or another direction."""
+    relative, cosine = accumulation_figures(accumulated, one_batch)
+    if relative < 1e-4:
+        return "a"
+    return "c" if cosine > 1 - 1e-6 else "b"
+
+
+def check_accumulation(prediction, accumulated=None, one_batch=None) -> bool:
+    """Exercise 6: the student's prediction (a letter of ACCUMULATION) against the gradients the run measured."""
+    if accumulated is None or one_batch is None or not hasattr(accumulated, "double") \
+            or not hasattr(one_batch, "double"):
+        return report(False, "", "Run the cell that computes both gradients; it passes them here.")
+    happened = what_accumulation_did(accumulated, one_batch)
+    if prediction is None:
+        return report(False, "", f"Write your prediction in MY_PREDICTION ({', '.join(ACCUMULATION)}), run its cell, "
+                      "then this one again: the checker compares it with what the run measured.")
+    relative, cosine = accumulation_figures(accumulated, one_batch)
+    measured = f"relative difference {relative:.1e}, cosine {cosine:.7f}"
+    praise = {"a": f"The run says ({measured}). Each token of the 8 examples weighs the same in both gradients.",
+              "b": f"The run says ({measured}). Each micro-batch's mean divides by its own token count, so a token "
+                   "of a short micro-batch weighs more than one of a long one; weigh each loss by its share of the "
+                   "batch's tokens instead (n_i / N, not 1 / 4), as section 5's script does across processes.",
+              "c": f"The run says ({measured}): the same direction, only the length differs."}[happened]
+    return choice(prediction, ACCUMULATION, happened, praise,
+                  {letter: f"The run says ({happened}): {ACCUMULATION[happened]} ({measured}). Why? Write both "
+                   "losses as sums over tokens, and see what each token is divided by." for letter in ACCUMULATION})
