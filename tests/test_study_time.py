@@ -37,9 +37,11 @@ def test_split_starts_going_deeper_at_its_heading():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
 def test_first_cell_states_the_main_path_and_it_fits_one_sitting(path):
-    main, _ = study_time.estimate(path)
+    main, deeper = study_time.estimate(path)
     assert study_time.stated(path) == main["minutes"], \
         f"{path.name}: run `python scripts/study_time.py --write` (the count gives {main['minutes']} minutes)"
+    assert study_time.time_line(main, deeper) in nbformat.read(path, as_version=4).cells[0].source, \
+        f"{path.name}: its Time line's counts are stale: run `python scripts/study_time.py --write`"
     assert main["minutes"] <= study_time.MAIN_PATH_LIMIT, \
         f"{path.name}: its main path is {main['minutes']} minutes; move detours after '## Going deeper'"
 
