@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 # Notices that tell a student nothing and clutter the notebooks: bitsandbytes' note that an optional faster CPU
 # kernel is absent (its own kernel gives the same numbers); the `kernels` package's note, when bitsandbytes asks
 # it for that kernel with the Hub offline (transformers >= 5.25 installs `kernels`), that it skipped a trust check;
-# and a deprecation raised inside PEFT.
+# a deprecation raised inside PEFT; and one transformers >= 5.25 raises for a field TRL's SFTConfig always sets.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 logging.getLogger("kernels").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+warnings.filterwarnings("ignore", message=".*`gradient_checkpointing` is deprecated.*")

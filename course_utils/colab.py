@@ -42,6 +42,13 @@ COLAB_FIXES = (
      "the first release that also loads Colab's torch 2.11"),
 )
 
+# What one notebook needs beyond the rest of the course, installed by that notebook's setup cell only: notebook
+# 09 trains with TRL, which Colab lacks; TRL 1.16 needs datasets >= 4.7 and pyarrow >= 21 (Colab: 4.0.0 and 18.1.0);
+# it writes GGUF files with gguf (elsewhere only the offline profile's reader).
+# Each pin is installed only where its package is missing or older: never a downgrade.
+NOTEBOOK_EXTRAS = {"09": ("trl==1.16.0", "datasets==4.7.0", "pyarrow==21.0.0", "gguf==0.19.0")}
+EXTRA_NAMES = {canonicalize_name(Requirement(pin).name) for pins in NOTEBOOK_EXTRAS.values() for pin in pins}
+
 SETUP_MARKER = "# Setup (Colab only)"
 
 
@@ -98,6 +105,22 @@ def fixes_needed() -> list[tuple[str, str, str]]:
             if (have := installed_version(name)) is not None and Version(have) < Version(works)]
 
 
+def extras_needed(notebook: str | None) -> list[tuple[str, str | None, str]]:
+    """The NOTEBOOK_EXTRAS of `notebook` (its file name or number) that apply here: (name, installed version or
+    None, pin) for each package that is missing or older than its pin."""
+    needed = []
+    for pin in _extras_of(notebook):
+        name, wanted = pin.split("==")
+        have = installed_version(name)
+        if have is None or Version(have) < Version(wanted):
+            needed.append((name, have, pin))
+    return needed
+
+
+def _extras_of(notebook: str | None) -> tuple[str, ...]:
+    return next((pins for prefix, pins in NOTEBOOK_EXTRAS.items() if notebook and notebook.startswith(prefix)), ())
+
+
 def pip_install(*args: str) -> int:
     """`pip install -q --no-deps` of `args` (plus $COURSE_PIP_ARGS), so that none of Colab's own packages moves;
     returns pip's exit status."""
@@ -120,27 +143,38 @@ def install(root: str | Path) -> list[str]:
     return pins
 
 
-def setup(root: str | Path) -> None:
-    """What the setup cell does in Colab once the repo is cloned to `root`: `install`, `report_versions` and open
-    the notebooks' folder. Does nothing outside Colab."""
+def setup(root: str | Path, notebook: str | None = None) -> None:
+    """What the setup cell does in Colab once the repo is cloned to `root`: `install`, what `notebook` needs
+    beyond the rest (`extras_needed`), `report_versions` and open the notebooks' folder. Does nothing outside
+    Colab."""
     if not runtime.in_colab():
         return
     fixes = fixes_needed()
     install(root)
-    report_versions(root, upgraded=fixes)
+    extras = extras_needed(notebook)
+    if extras and pip_install(*[pin for _, _, pin in extras]) != 0:
+        print(f"pip could not install {', '.join(pin for _, _, pin in extras)}; run this cell again, or "
+              "Runtime > Restart session and then this cell.")
+    report_versions(root, upgraded=fixes, extras=extras, notebook=notebook)
     os.chdir(Path(root) / "notebooks")
     print(f"Course installed from {GITHUB_REPO}@{GITHUB_REF}; working in", os.getcwd())
 
 
-def report_versions(root: str | Path, upgraded: list[tuple[str, str, str]] = ()) -> str:
-    """Print, in one sentence, which of Colab's packages the setup upgraded (`fixes_needed`, with the reason) and
-    which installed packages lie outside the versions requirements.txt was tested with."""
+def report_versions(root: str | Path, upgraded: list[tuple[str, str, str]] = (),
+                    extras: list[tuple[str, str | None, str]] = (), notebook: str | None = None) -> str:
+    """Print, in one sentence, which of Colab's packages the setup upgraded (`fixes_needed`, with the reason), what
+    it installed or upgraded for this notebook alone (`extras_needed`), and which installed packages lie outside
+    the versions requirements.txt was tested with (a notebook's extras only in that notebook)."""
     why = {name: reason for name, _, _, reason in COLAB_FIXES}
     moved = [f"{name} {have} to {pin.split('==')[1]} ({why[name]})" for name, have, pin in upgraded]
+    added = [f"{name} {pin.split('==')[1]}" if have is None else f"{name} {have} to {pin.split('==')[1]}"
+             for name, have, pin in extras]
     outside = []
     for req in requirements(root):
         if canonicalize_name(req.name) in OFFLINE_ONLY:
             continue
+        if canonicalize_name(req.name) in EXTRA_NAMES and not _extras_of(notebook):
+            continue  # one notebook's extra: that notebook's setup cell looks after it
         have = installed_version(req.name)
         if have is None:
             outside.append(f"{req.name} (not installed)")
@@ -151,7 +185,11 @@ def report_versions(root: str | Path, upgraded: list[tuple[str, str, str]] = ())
                     "fails, look at these first.")
     else:
         sentence = "every package the course uses is at a version it was tested with."
-    sentence = (f"Upgraded {'; '.join(moved)}, the only Colab package the setup changes; " if moved else "") + sentence
+    only = "" if added else ", the only Colab package the setup changes"
+    sentence = (f"Upgraded {'; '.join(moved)}{only}; " if moved else "") + sentence
+    if added:
+        sentence = (f"For this notebook alone, installed or upgraded {', '.join(added)} (TRL and gguf, which Colab "
+                    "lacks, and the versions TRL needs); " + sentence[0].lower() + sentence[1:])
     sentence = sentence[0].upper() + sentence[1:]
     print(sentence)
     return sentence
@@ -166,9 +204,13 @@ def _ranges(req: Requirement) -> str:
     return ",".join(sorted((str(s) for s in req.specifier), key=lambda s: (not s.startswith(">"), s)))
 
 
-def setup_cell() -> str:
-    """Source of the setup cell: in Colab it installs this course and what Colab lacks; elsewhere nothing."""
+def setup_cell(notebook: str = "") -> str:
+    """Source of `notebook`'s setup cell: in Colab it installs this course and what Colab lacks (and what that
+    notebook alone needs, NOTEBOOK_EXTRAS); elsewhere nothing."""
     folder = GITHUB_REPO.split("/")[1]
+    prefix = next((p for p in NOTEBOOK_EXTRAS if notebook.startswith(p)), None)
+    call = f'colab.setup(root, notebook="{prefix}")  # also TRL: a sentence says what it installed' if prefix \
+        else "colab.setup(root)  # installs the course, bitsandbytes, torchao if too old; a sentence"
     return f'''{SETUP_MARKER}: installs this course and what Colab lacks, upgrades one of Colab's packages
 # only where its version stops the course (it says which), and opens the course folder. Anywhere
 # else it does nothing: run `bash scripts/setup_env.sh` once instead (see the README).
@@ -182,4 +224,4 @@ if "google.colab" in sys.modules:
         subprocess.run(clone, check=True)
     sys.path.insert(0, root)  # the clone's course_utils, so that it can install itself
     from course_utils import colab
-    colab.setup(root)  # installs the course, bitsandbytes, torchao if too old; a sentence'''
+    {call}'''

@@ -185,8 +185,7 @@ def make_dataset(seed: int = DATASET_SEED, sizes: dict | None = None, templates:
     """Train, validation and test splits; no request appears in two splits (or twice in one), nor in `exclude`."""
     sizes = sizes or SPLIT_SIZES
     rng = random.Random(seed)
-    seen: set[str] = set(exclude)
-    splits: dict[str, list[dict]] = {}
+    seen, splits = set(exclude), {}
     for split, n in sizes.items():
         rows = []
         while len(rows) < n:
@@ -225,9 +224,8 @@ def write_dataset(folder: str | Path, splits: dict[str, list[dict]]) -> dict[str
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, rows in splits.items():
-        path = folder / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        paths[split] = path
+        paths[split] = folder / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     counts = ", ".join(f"{split} {len(rows)}" for split, rows in splits.items())
     (folder / "README.md").write_text(
         "# The course's dataset: calendar requests -> calendar records\n\n"
@@ -289,14 +287,16 @@ IGNORE_INDEX = -100  # labels with this value are skipped by the cross-entropy l
 
 
 def encode_example(tokenizer, example: dict, max_length: int | None = None) -> dict:
-    """Token ids of prompt + answer + EOS, and labels that are IGNORE_INDEX on the prompt.
+    """`encode_pair` of the task's prompt and answer: labels IGNORE_INDEX on the prompt."""
+    return encode_pair(tokenizer, make_prompt(example["request"]), make_answer(example["record"]), max_length)
 
-    The prompt and the answer are tokenized separately and concatenated, so the boundary is exact for any
-    tokenizer (a BPE could otherwise merge across it). The model learns to write the answer and to stop (EOS);
-    it is never graded on the prompt, which it is given.
-    """
-    prompt_ids = encode_prompt(tokenizer, example)
-    answer_ids = tokenizer(make_answer(example["record"]), add_special_tokens=False)["input_ids"]
+
+def encode_pair(tokenizer, prompt: str, answer: str, max_length: int | None = None) -> dict:
+    """Token ids of prompt + answer + EOS, labels IGNORE_INDEX on the prompt: the model learns to write the
+    answer and to stop, never graded on the prompt it is given. Prompt and answer are tokenized apart, so the
+    boundary is exact for any tokenizer (a BPE could otherwise merge across it)."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     answer_ids = answer_ids + [tokenizer.eos_token_id]
     input_ids = prompt_ids + answer_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids

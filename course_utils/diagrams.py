@@ -324,3 +324,28 @@ def draw_decoder_layer_targets(config: LlamaConfig, title: str = "Llama", ax=Non
     ax.axis("off")
     ax.set_title(f"{title}: one LlamaDecoderLayer; its seven Linear layers are what LoRA can target", fontsize=11)
     return ax
+
+
+def draw_adapter_to_use(ax=None):
+    """The ways out of the notebook for a trained adapter (notebook 09): kept apart and loaded beside others on one
+    base (PEFT, or a serving engine's multi-LoRA), or merged into a 16-bit copy of the base and saved as
+    safetensors (what serving engines and converters load), then converted to GGUF (llama.cpp, Ollama)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(12, 4.6))
+    ax.set_xlim(0, 12.4)
+    ax.set_ylim(0, 5)
+    ax.axis("off")
+    fs = 10
+    _box(ax, 1.3, 2.5, 2.2, 1.1, "trained adapter\nlora_A, lora_B\n(a few MB)", "#fd8d3c", fs)
+    _box(ax, 4.7, 3.9, 2.9, 1.1, "one base + many adapters\nload_adapter, set_adapter,\nadapter_names= per row",
+         COLORS["attn"], fs)
+    _box(ax, 4.7, 1.1, 2.9, 1.1, "merge into the base\nW + (alpha / r) B A,\ncast to 16-bit", COLORS["mlp"], fs)
+    _box(ax, 8.2, 3.9, 2.6, 1.1, "serving engines with\nmulti-LoRA (vLLM, S-LoRA):\none copy of the base", "#d9ecf7",
+         fs)
+    _box(ax, 8.2, 1.1, 2.6, 1.1, "safetensors folder\n+ tokenizer: transformers,\nvLLM, converters", "#d9ecf7", fs)
+    _box(ax, 11.2, 1.1, 2.0, 1.1, "GGUF (F16, Q8_0):\nllama.cpp, Ollama", COLORS["norm"], fs)
+    for (x0, y0), (x1, y1) in [((2.4, 2.8), (3.25, 3.7)), ((2.4, 2.2), (3.25, 1.3)), ((6.15, 3.9), (6.9, 3.9)),
+                               ((6.15, 1.1), (6.9, 1.1)), ((9.5, 1.1), (10.2, 1.1))]:
+        _arrow(ax, x0, y0, x1, y1)
+    ax.set_title("From a trained adapter to a served model", fontsize=13)
+    return ax

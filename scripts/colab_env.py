@@ -214,21 +214,26 @@ def install(venv: Path) -> None:
     pip(venv, "--no-deps", "-r", str(ROOT / "requirements-no-deps.txt"))
 
 
-def setup_cell_code() -> str:
-    """The notebooks' setup cell as Colab runs it: google.colab imported first. Colab's own google-colab is not on
+def setup_cell_code(notebook: str = "") -> str:
+    """A notebook's setup cell as Colab runs it: google.colab imported first. Colab's own google-colab is not on
     PyPI, so a stand-in module takes its place in sys.modules (where the cell and runtime.in_colab look)."""
     sys.path.insert(0, str(ROOT))
     from course_utils import colab
     return "import sys, types\nsys.modules.setdefault('google.colab', types.ModuleType('google.colab'))\n" + \
-        colab.setup_cell()
+        colab.setup_cell(notebook)
 
 
 def run_setup_cell(venv: Path) -> None:
-    """The setup cell in `venv`, with this checkout as the course's clone (COURSE_ROOT): it installs the course
-    and what Colab lacks, upgrades what COLAB_FIXES names, and prints its sentence."""
+    """The setup cells in `venv`, with this checkout as the course's clone (COURSE_ROOT): the first installs the
+    course and what Colab lacks, upgrades what COLAB_FIXES names, and prints its sentence; then each notebook
+    with NOTEBOOK_EXTRAS runs its own (TRL for 09), as a student who reaches that notebook does."""
+    sys.path.insert(0, str(ROOT))
+    from course_utils import colab
     env = dict(os.environ, COURSE_ROOT=str(ROOT))
-    with tempfile.TemporaryDirectory() as cwd:
-        subprocess.run([str(venv / "bin" / "python"), "-c", setup_cell_code()], env=env, cwd=cwd, check=True)
+    for notebook in ("", *colab.NOTEBOOK_EXTRAS):
+        with tempfile.TemporaryDirectory() as cwd:
+            subprocess.run([str(venv / "bin" / "python"), "-c", setup_cell_code(notebook)], env=env, cwd=cwd,
+                           check=True)
 
 
 def main() -> None:

@@ -31,13 +31,13 @@ def sync(path: Path) -> bool:
         new_title = title.source.split("\n", 1)[0] + "\n\n" + colab.badge(path.name) + "\n" + "".join(title.source.split("\n", 1)[1:])
     metadata_before = copy.deepcopy(nb.metadata)
     colab.set_accelerator(nb.metadata, path.name)
-    changed = new_title != title.source or setup.source != colab.setup_cell() or nb.metadata != metadata_before
+    changed = new_title != title.source or setup.source != colab.setup_cell(path.name) or nb.metadata != metadata_before
     title.source = new_title
     if setup.cell_type != "code" or not setup.source.startswith(colab.SETUP_MARKER):
-        nb.cells.insert(1, nbformat.v4.new_code_cell(colab.setup_cell()))
+        nb.cells.insert(1, nbformat.v4.new_code_cell(colab.setup_cell(path.name)))
         changed = True
     else:
-        setup.source = colab.setup_cell()
+        setup.source = colab.setup_cell(path.name)
     if changed:
         nbformat.write(nb, path)
     return changed

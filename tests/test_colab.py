@@ -37,7 +37,7 @@ def test_there_are_notebooks():
 def test_badge_and_setup_cell_come_from_the_one_config(path):
     nb = nbformat.read(path, as_version=4)
     assert colab.badge(path.name) in nb.cells[0].source, "run `python scripts/sync_notebooks.py`"
-    assert nb.cells[1].source == colab.setup_cell(), "run `python scripts/sync_notebooks.py`"
+    assert nb.cells[1].source == colab.setup_cell(path.name), "run `python scripts/sync_notebooks.py`"
     assert "choose_profile(PROFILE" in nb.cells[2].source, "the third cell picks the profile"
 
 
@@ -230,3 +230,53 @@ def test_setup_cell_in_simulated_colab_installs_the_course_from_a_clone(tmp_path
     assert res.returncode == 0, res.stderr[-2000:]
     file, layers, assets = res.stdout.split()
     assert file.startswith(str(site)) and layers == "32" and Path(assets) == root / "assets"
+
+
+COLAB_EXTRA_VERSIONS = dict(COLAB_VERSIONS, datasets="4.0.0", pyarrow="18.1.0")  # Colab's, no trl
+
+
+def test_notebook_09s_setup_installs_trl_and_upgrades_only_what_trl_refuses(monkeypatch, tmp_path, capsys):
+    commands = simulate_colab(monkeypatch, COLAB_EXTRA_VERSIONS)
+    monkeypatch.chdir(tmp_path)
+    colab.setup(ROOT, notebook="09")
+    extras = [arg for cmd in commands for arg in cmd[4:] if arg.startswith(("trl", "datasets", "pyarrow", "gguf"))]
+    assert extras == ["trl==1.16.0", "datasets==4.7.0", "pyarrow==21.0.0", "gguf==0.19.0"]
+    assert all("--no-deps" in cmd for cmd in commands)
+    out = capsys.readouterr().out
+    assert "installed or upgraded trl 1.16.0, datasets 4.0.0 to 4.7.0, pyarrow 18.1.0 to 21.0.0, gguf 0.19.0" in out
+    assert "the only Colab package the setup changes" not in out, "not true when 09 upgrades datasets"
+
+
+def test_notebook_09s_setup_never_downgrades(monkeypatch, tmp_path):
+    newer = dict(COLAB_EXTRA_VERSIONS, trl="1.17.0", datasets="5.2.0", pyarrow="26.0.1", gguf="0.19.0")
+    monkeypatch.setattr(colab, "installed_version", newer.get)
+    assert colab.extras_needed("09_from_adapter_to_use.ipynb") == []
+    monkeypatch.setattr(colab, "installed_version", COLAB_EXTRA_VERSIONS.get)
+    assert [pin for _, _, pin in colab.extras_needed("09")] == list(colab.NOTEBOOK_EXTRAS["09"])
+    assert colab.extras_needed("06_training_a_qlora_adapter.ipynb") == [], "other notebooks install no TRL"
+
+
+def test_other_notebooks_say_nothing_about_trl(monkeypatch):
+    monkeypatch.setattr(colab, "installed_version", COLAB_EXTRA_VERSIONS.get)
+    sentence = colab.report_versions(ROOT)
+    assert "trl" not in sentence and "datasets" not in sentence
+
+
+def test_trls_own_requirements_are_what_notebook_09_installs():
+    """The pins of NOTEBOOK_EXTRAS meet the installed TRL's own minimums (read from its metadata)."""
+    from importlib.metadata import requires
+    pins = dict(pin.split("==") for pin in colab.NOTEBOOK_EXTRAS["09"])
+    for line in requires("trl"):
+        req = Requirement(line)
+        if req.marker is None and req.name in pins:
+            assert req.specifier.contains(pins[req.name]), line
+    assert Requirement("trl" + [r for r in colab.requirements(ROOT) if r.name == "trl"][0].specifier.__str__()) \
+        .specifier.contains(pins["trl"])
+
+
+def test_notebook_09s_sentence_names_the_torchao_fix_too(monkeypatch, tmp_path, capsys):
+    simulate_colab(monkeypatch, COLAB_EXTRA_VERSIONS)
+    monkeypatch.chdir(tmp_path)
+    colab.setup(ROOT, notebook="09")
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("For this notebook alone"))
+    assert "; upgraded torchao 0.10.0 to 0.17.0 (peft refuses" in line and line.count(". ") == 0

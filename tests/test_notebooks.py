@@ -90,7 +90,14 @@ def test_secret_pattern_catches_tokens():
     assert not SECRET.search("trainable params: 27,262,976 || tokens per second: 1234")
 
 
+# CI's second leg (Colab's package set, COURSE_TEST_CPU_PROFILE=1) runs every notebook in the cpu profile, the one
+# Colab gives students without a GPU; the offline runs are the first leg's (newest releases). Notebook 09 trains the
+# course's model and reads SmolLM2's local copy in every profile, so its cpu run there is its offline run again.
+CPU_LEG = os.environ.get("COURSE_TEST_CPU_PROFILE") == "1"
+
+
 @pytest.mark.notebook
+@pytest.mark.skipif(CPU_LEG, reason="this leg runs every notebook in the cpu profile (tests/test_cpu_profile.py)")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_top_to_bottom_offline(path):
     nb, seconds = execute(path)  # raises CellExecutionError, with the cell and traceback, on any error
