@@ -4,6 +4,7 @@ lost and each cell does what its text says or says which cell to run."""
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 import time
@@ -38,17 +39,30 @@ class Kernel:
         self.client.wait_for_ready(timeout=120)
 
     def run(self, source: str, timeout: float = 600) -> str:
-        """Run `source`; its stdout, stderr and any error (as `ERROR Name: value`), as one text."""
-        out: list[str] = []
+        """Run `source`; its stdout, stderr and any error (as `ERROR Name: value`), as one text.
 
-        def collect(msg):
+        The kernel's messages are read without waiting on the socket (a poll with timeout 0 every 50 ms, until the
+        kernel says it is idle): `execute_interactive`'s asyncio wait once missed the wake-up of a finished cell on
+        CI's Colab leg (2026-12-07, notebook 07's knob test: the kernel idle, the client waiting 20 minutes)."""
+        out: list[str] = []
+        msg_id = self.client.execute(source, allow_stdin=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = self.client.get_iopub_msg(timeout=0)
+            except queue.Empty:
+                time.sleep(0.05)
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
             content, kind = msg["content"], msg["msg_type"]
             if kind == "stream":
                 out.append(content["text"])
             elif kind == "error":
                 out.append(f"ERROR {content['ename']}: {content['evalue']}\n")
-        self.client.execute_interactive(source, timeout=timeout, output_hook=collect, allow_stdin=False)
-        return "".join(out)
+            elif kind == "status" and content["execution_state"] == "idle":
+                return "".join(out)
+        raise TimeoutError(f"the cell did not finish in {timeout} s: {source[:80]!r}")
 
     def stop_after(self, source: str, seconds: float) -> str:
         """Run `source` and press the stop button (interrupt the kernel) after `seconds`."""
