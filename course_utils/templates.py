@@ -87,14 +87,11 @@ def chat_tokenizer(profile):
     from course_utils import real_model, runtime
     if profile.name == "cpu":
         return AutoTokenizer.from_pretrained(profile.model_id)
-    if real_model.problem() is None:
+    why = real_model.problem()
+    if why is None:
         try:
             return AutoTokenizer.from_pretrained(real_model.local_copy())
         except (OSError, RuntimeError) as err:
             why = str(err).split("\n")[0]
-        else:
-            why = ""
-    else:
-        why = real_model.problem()
     print(f"SmolLM2's tokenizer can't be had here ({why}); showing the course's own template instead.")
     return with_course_template(AutoTokenizer.from_pretrained(runtime.assets_dir() / runtime.OFFLINE_MODEL))

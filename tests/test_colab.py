@@ -270,8 +270,7 @@ def test_trls_own_requirements_are_what_notebook_09_installs():
         req = Requirement(line)
         if req.marker is None and req.name in pins:
             assert req.specifier.contains(pins[req.name]), line
-    assert Requirement("trl" + [r for r in colab.requirements(ROOT) if r.name == "trl"][0].specifier.__str__()) \
-        .specifier.contains(pins["trl"])
+    assert next(r for r in colab.requirements(ROOT) if r.name == "trl").specifier.contains(pins["trl"])
 
 
 def test_notebook_09s_sentence_names_the_torchao_fix_too(monkeypatch, tmp_path, capsys):
