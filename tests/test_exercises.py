@@ -162,3 +162,13 @@ def test_other_shapes_of_the_right_answer_count(capsys):
     assert_right(capsys, nb06.check_label_mask, lambda p, a, e: torch.tensor([-100] * len(p) + a + [e]))
     assert "Expected a list or set of module names (strings), got 5 (int)." in verdict(capsys, nb04.check_mlp_targets, 5)[1]
     assert "should return a list of label ids, not 5 (int)" in verdict(capsys, nb06.check_label_mask, lambda p, a, e: 5)[1]
+
+
+def test_a_predict_then_run_checker_asks_for_the_run_then_for_the_prediction(capsys):
+    from course_utils.exercises import unready
+    assert unready("a", False, "Run the cell first.", " (a, b) and run it again.")
+    assert capsys.readouterr().out.strip() == "❌ Not yet. Run the cell first."
+    assert unready(None, True, "Run the cell first.", " (a, b) and run it again.")
+    assert capsys.readouterr().out.strip() == "❌ Not yet. Write your prediction in MY_PREDICTION (a, b) and run it again."
+    assert not unready("a", True, "Run the cell first.", " (a, b) and run it again.")
+    assert capsys.readouterr().out == ""  # both there: the checker goes on and says the verdict

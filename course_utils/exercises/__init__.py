@@ -17,6 +17,17 @@ def report(ok: bool, praise: str, hint: str) -> bool:
     return ok
 
 
+def unready(prediction, measured: bool, run: str, predict: str) -> bool:
+    """The first steps of a predict-then-run checker: True, after one line that says what to do, while its cell
+    has measured nothing (`run`: which cell to run) or no prediction is written (`predict`: what follows "Write
+    your prediction in MY_PREDICTION")."""
+    if not measured:
+        report(False, "", run)
+    elif prediction is None:
+        report(False, "", f"Write your prediction in MY_PREDICTION{predict}")
+    return not measured or prediction is None
+
+
 _TRIES: dict[str, int] = {}  # checker -> wrong or blank answers so far, for hints in two steps
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from course_utils.configs import load_config
-from course_utils.exercises import as_number, as_numbers, choice, close, not_a_number, not_numbers, report, two_step
+from course_utils.exercises import (as_number, as_numbers, choice, close, not_a_number, not_numbers, report,
+                                    two_step, unready)
 from course_utils.params import head_dim as width_of_head
 
 
@@ -126,13 +127,11 @@ def check_rope_scaling(answer: str) -> bool:
 def check_six_layers(prediction, measured: int | None = None) -> bool:
     """Exercise 6, predict then run: the course's small model with 6 decoder layers instead of 3, in parameters;
     `measured` is the count of the model the cell builds."""
-    if measured is None:
-        return report(False, "", "Run the cell: it builds the 6-layer model and passes its count here.")
+    if unready(prediction, measured is not None, "Run the cell: it builds the 6-layer model and passes its count "
+               "here.", " and run the cell again: the checker compares it with the model the cell built."):
+        return False
     if not_a_number(prediction, whole=True):
         return False
-    if prediction is None:
-        return report(False, "", "Write your prediction in MY_PREDICTION and run the cell again: the checker "
-                      "compares it with the model the cell built.")
     from course_utils.architecture import empty_model, num_params
     three = num_params(empty_model(load_config("course-llama")))
     per_layer = (measured - three) // 3

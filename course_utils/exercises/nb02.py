@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from course_utils.activations import activation_bytes
 from course_utils.configs import load_config
-from course_utils.exercises import as_numbers, close, describe, not_a_number, not_numbers, report, two_step
+from course_utils.exercises import (as_numbers, close, describe, not_a_number, not_numbers, report, two_step,
+                                    unready)
 from course_utils.lora import lora_params
 from course_utils.memory import COPIES_PART, training_memory, weight_bytes
 from course_utils.params import ATTENTION, LINEAR_KINDS, MLP, param_breakdown
@@ -154,13 +155,12 @@ def check_adamw_state(prediction, measured=None) -> bool:
     full fine-tuning and one of LoRA (r = 8 on q_proj and v_proj) on the course's small model; `measured` is what
     the cell counted in `optimizer.state` (adamw_numbers) after those two steps."""
     measured = as_numbers(measured, whole=True) if measured is not None else None
-    if measured is None or len(measured) != 2:
-        return report(False, "", "Run the cell: it takes the two AdamW steps and passes what it counted here.")
+    if unready(prediction, measured is not None and len(measured) == 2, "Run the cell: it takes the two AdamW "
+               "steps and passes what it counted here.", ", as (full, lora), and run the cell again: the checker "
+               "compares it with what the two steps left in optimizer.state."):
+        return False
     if not_numbers(prediction, whole=True):
         return False
-    if prediction is None:
-        return report(False, "", "Write your prediction in MY_PREDICTION, as (full, lora), and run the cell again: "
-                      "the checker compares it with what the two steps left in optimizer.state.")
     given = as_numbers(prediction, whole=True)
     if len(given) != 2:
         return report(False, "", f"Expected two whole numbers, (full, lora); got {len(given)}.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from course_utils.configs import load_config
-from course_utils.exercises import choice, close, describe, not_a_number, report, two_step
+from course_utils.exercises import choice, close, describe, not_a_number, report, two_step, unready
 from course_utils.lora import LoRALinear, linear_shape
 
 
@@ -155,12 +155,11 @@ def what_happened(losses: list[float]) -> str:
 
 def check_alpha_zero(prediction, losses: list[float] | None = None) -> bool:
     """Exercise 6: the student's prediction (a letter of ALPHA_ZERO) against what the run measured."""
-    if losses is None:
-        return report(False, "", "Run the cell that trains the alpha = 0 adapter; it passes its losses here.")
+    if unready(prediction, losses is not None, "Run the cell that trains the alpha = 0 adapter; it passes its "
+               "losses here.", f" ({', '.join(ALPHA_ZERO)}) and run the cell again, before you read its losses: the "
+               "checker compares it with what the run measured."):
+        return False
     happened = what_happened(losses)
-    if prediction is None:
-        return report(False, "", f"Write your prediction in MY_PREDICTION ({', '.join(ALPHA_ZERO)}) and run the "
-                      "cell again, before you read its losses: the checker compares it with what the run measured.")
     return choice(prediction, ALPHA_ZERO, happened, "The update is (alpha / r) B A x = 0 whatever A and B hold, "
                   "so the loss never sees them: B's gradient is 0 too, and the adapter never moves.",
                   {letter: f"The run says ({happened}): {ALPHA_ZERO[happened]}. Why? Write the adapter's output "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from course_utils.configs import load_config
 from course_utils.exercises import (choice, close, describe, not_a_number, not_names, plain, report,
-                                    two_step)
+                                    two_step, unready)
 from course_utils.lora import lora_params
 from course_utils.params import LINEAR_KINDS, MLP
 
@@ -180,16 +180,15 @@ def what_peft_did(outcome: dict) -> str | None:
 
 def check_misspelt_target(prediction, outcome: dict | None = None) -> bool:
     """Exercise 5: the student's prediction (a letter of MISSPELT) against what the run measured."""
-    if not isinstance(outcome, dict) or not {"error", "adapted", "warnings"} <= outcome.keys():
-        return report(False, "", "Run the cell that calls get_peft_model with the misspelt name; it passes its "
-                      "outcome (a dict with error, adapted and warnings) here.")
+    ran = isinstance(outcome, dict) and {"error", "adapted", "warnings"} <= outcome.keys()
+    if unready(prediction, ran, "Run the cell that calls get_peft_model with the misspelt name; it passes its "
+               "outcome (a dict with error, adapted and warnings) here.", f" ({', '.join(MISSPELT)}) in the cell "
+               "above and run both cells again: the checker compares it with what the run measured."):
+        return False
     happened = what_peft_did(outcome)
     if happened is None:
         return report(False, "", "Your run did something none of the options say (no error, and q_proj is not "
                       "what was adapted): print outcome to see what it measured.")
-    if prediction is None:
-        return report(False, "", f"Write your prediction in MY_PREDICTION ({', '.join(MISSPELT)}) in the cell "
-                      "above and run both cells again: the checker compares it with what the run measured.")
     why = ("PEFT matches each name of target_modules against the end of every module's name, and raises only "
            "when no name matches anything.")
     praise = {"a": f"{why} Here nothing matched, so it raised.",

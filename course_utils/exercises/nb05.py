@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from course_utils.exercises import (as_number, as_numbers, choice, close, not_a_number, not_numbers,
-                                    report)
+                                    report, unready)
 
 # The block of exercise 1 (four weights of one block).
 BLOCK = [0.12, -0.5, 0.031, 0.26]
@@ -154,13 +154,11 @@ def what_bigger_blocks_did(error_64: float, error_256: float) -> str:
 
 def check_bigger_blocks(prediction, error_64: float | None = None, error_256: float | None = None) -> bool:
     """Exercise 3: the student's prediction (a letter of BIGGER_BLOCKS) against the errors the run measured."""
-    if error_64 is None or error_256 is None:
-        return report(False, "", "Run the cell that quantizes the layer with both block sizes; it passes the two "
-                      "errors here.")
+    if unready(prediction, error_64 is not None and error_256 is not None, "Run the cell that quantizes the layer "
+               "with both block sizes; it passes the two errors here.", f" ({', '.join(BIGGER_BLOCKS)}) and run the "
+               "cell again, before you read its errors: the checker compares it with what the run measured."):
+        return False
     happened = what_bigger_blocks_did(error_64, error_256)
-    if prediction is None:
-        return report(False, "", f"Write your prediction in MY_PREDICTION ({', '.join(BIGGER_BLOCKS)}) and run the "
-                      "cell again, before you read its errors: the checker compares it with what the run measured.")
     change = error_256 / error_64 - 1
     return choice(prediction, BIGGER_BLOCKS, happened, f"The mean error changed by {change:+.1%}. Each weight still "
                   "gets one of 16 levels, but the levels are stretched to its block's largest |w|: the larger the "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from course_utils.configs import load_config
 from course_utils.distributed import GPU_COUNTS, gpus_needed, per_gpu_memory
-from course_utils.exercises import as_number, choice, close, not_a_number, report
+from course_utils.exercises import as_number, choice, close, not_a_number, report, unready
 from course_utils.memory import training_memory
 from course_utils.params import ATTENTION
 
@@ -139,13 +139,12 @@ def what_accumulation_did(accumulated, one_batch) -> str:
 
 def check_accumulation(prediction, accumulated=None, one_batch=None) -> bool:
     """Exercise 6: the student's prediction (a letter of ACCUMULATION) against the gradients the run measured."""
-    if accumulated is None or one_batch is None or not hasattr(accumulated, "double") \
-            or not hasattr(one_batch, "double"):
-        return report(False, "", "Run the cell that computes both gradients; it passes them here.")
+    ran = hasattr(accumulated, "double") and hasattr(one_batch, "double")  # two tensors
+    if unready(prediction, ran, "Run the cell that computes both gradients; it passes them here.",
+               f" ({', '.join(ACCUMULATION)}), run its cell, then this one again: the checker compares it with what "
+               "the run measured."):
+        return False
     happened = what_accumulation_did(accumulated, one_batch)
-    if prediction is None:
-        return report(False, "", f"Write your prediction in MY_PREDICTION ({', '.join(ACCUMULATION)}), run its cell, "
-                      "then this one again: the checker compares it with what the run measured.")
     relative, cosine = accumulation_figures(accumulated, one_batch)
     measured = f"relative difference {relative:.1e}, cosine {cosine:.7f}"
     praise = {"a": f"The run says ({measured}). Each token of the 8 examples weighs the same in both gradients.",

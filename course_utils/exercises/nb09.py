@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from course_utils.exercises import choice, report
+from course_utils.exercises import choice, report, unready
 
 # Exercise 1 (predict, then run): the size of the Q8_0 GGUF file against the F16 one.
 Q8_SIZE = {
@@ -20,11 +20,11 @@ def q8_letter(q8_bytes: int, f16_bytes: int) -> str:
 
 def check_q8_size(prediction, q8_bytes=None, f16_bytes=None) -> bool:
     """Exercise 1: the student's prediction (a letter of Q8_SIZE) against the two files the cell wrote."""
-    if not isinstance(q8_bytes, int) or not isinstance(f16_bytes, int) or f16_bytes <= 0:
-        return report(False, "", "Run the cell that writes both GGUF files; it passes their sizes here.")
-    if prediction is None:
-        return report(False, "", f"Write your prediction in MY_PREDICTION ({', '.join(Q8_SIZE)}), run its cell, "
-                      "then this one again: the checker compares it with the files on disk.")
+    ran = isinstance(q8_bytes, int) and isinstance(f16_bytes, int) and f16_bytes > 0
+    if unready(prediction, ran, "Run the cell that writes both GGUF files; it passes their sizes here.",
+               f" ({', '.join(Q8_SIZE)}), run its cell, then this one again: the checker compares it with the "
+               "files on disk."):
+        return False
     happened = q8_letter(q8_bytes, f16_bytes)
     measured = f"Q8_0 / F16 = {q8_bytes / f16_bytes:.3f}"
     return choice(prediction, Q8_SIZE, happened,
