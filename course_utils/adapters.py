@@ -20,7 +20,6 @@ the notebook shows PEFT's own calls.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from course_utils import data
+from course_utils.export import merged_model
 from course_utils.lora import (COURSE_ALPHA, COURSE_DROPOUT, COURSE_RANK, COURSE_TARGETS,
                                check_dropout, check_rank_alpha, lora_config, lora_params,
                                target_kinds)
@@ -315,15 +315,6 @@ def parameter_bytes(model) -> dict:
     return sizes
 
 
-def merged_copy(model, name: str):
-    """A copy of the base with adapter `name` merged into its weights (W + (alpha/r) B A), PEFT
-    gone: what serving that adapter without PEFT holds in memory. `model` is left as it was."""
-    if name not in adapter_list(model):
-        raise ValueError(f"No adapter called {name!r}: this model holds "
-                         f"{', '.join(adapter_list(model))}.")
-    return copy.deepcopy(model).merge_and_unload(adapter_names=[name]).eval()
-
-
 def rss_bytes() -> int | None:
     """This process's resident memory (RSS) in bytes, or None where it can't be read."""
     try:
@@ -346,11 +337,11 @@ def serving_bytes(model, names: list[str] | None = None) -> dict:
     sizes = parameter_bytes(model)
     names = list(sizes["adapters"]) if names is None else list(names)
     rss_before = rss_bytes()
-    copies = {name: merged_copy(model, name) for name in names}
+    copies = {name: merged_model(model, adapter=name) for name in names}
     rss_after = rss_bytes()
     merged = {}
-    for name, merged_model in copies.items():
-        measured = parameter_bytes(merged_model)
+    for name, one in copies.items():
+        measured = parameter_bytes(one)
         merged[name] = measured["base"] + sum(measured["adapters"].values())
     del copies
     return {"base": sizes["base"], "adapters": {n: sizes["adapters"][n] for n in names},

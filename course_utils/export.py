@@ -53,23 +53,24 @@ MERGED_TOLERANCE = {  # save_merged in this dtype, reloaded with from_pretrained
 # Merging
 # ------------------------------------------------------------------------------------------------
 
-def merged_model(model, dtype: torch.dtype | None = None):
-    """A plain transformers model with the active LoRA adapter folded into its weights, in `dtype`
-    (as it is when None).
+def merged_model(model, dtype: torch.dtype | None = None, adapter: str | None = None):
+    """A plain transformers model with a LoRA adapter folded into its weights (W + (alpha/r) B A):
+    the active one, or the one named `adapter`; in `dtype` (as it is when None).
 
-    The merge runs on a deep copy, so `model` keeps its adapter (this needs memory for a second
+    The merge runs on a deep copy, so `model` keeps its adapters (this needs memory for a second
     model). A model without an adapter is copied as it is.
     """
     if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype must be torch.bfloat16, torch.float16 or torch.float32, "
-                         f"not {dtype}.")
+        raise ValueError(f"dtype must be torch.bfloat16, torch.float16 or torch.float32, not {dtype}.")
+    if adapter is not None and adapter not in (names := list(getattr(model, "peft_config", {}))):
+        raise ValueError(f"No adapter called {adapter!r}: this model holds {', '.join(names) or 'none'}.")
     if _is_4bit(model):
         raise ValueError("This model's base is in 4-bit, and merging into 4-bit weights rounds "
                          "the adapter away: load the base in 16 bits, attach the adapter with "
                          "PeftModel.from_pretrained(base, adapter_folder), then merge that.")
     merged = copy.deepcopy(model)
     if hasattr(merged, "merge_and_unload"):  # a PeftModel
-        merged = merged.merge_and_unload()
+        merged = merged.merge_and_unload(adapter_names=None if adapter is None else [adapter])
     if dtype is not None:
         merged = merged.to(dtype)
     return merged.eval()

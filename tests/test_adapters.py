@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from course_utils import adapters, data, training
+from course_utils import adapters, data, export, training
 from course_utils.runtime import OFFLINE_MODEL, assets_dir
 
 MODEL = assets_dir() / OFFLINE_MODEL
@@ -266,11 +266,16 @@ def test_one_base_with_adapters_against_merged_copies(model, tokenizer, prompts)
     assert sizes["merged"] == {"first": 4 * base, "second": 4 * base}
     assert sizes["merged_total"] == 8 * base
     assert sizes["rss_merged"] is None or isinstance(sizes["rss_merged"], int)
-    merged = adapters.merged_copy(model, "first")
+    model.set_adapter("first")
+    merged = export.merged_model(model, adapter="second")  # the named adapter, not the active one
     assert not adapters.parameter_bytes(merged)["adapters"]
     ids = torch.tensor([tokenizer(prompts[0])["input_ids"]])
-    model.set_adapter("first")
     with torch.no_grad():
+        assert not torch.allclose(merged(ids).logits, model(ids).logits, atol=1e-4)
+        model.set_adapter("second")
         assert torch.allclose(merged(ids).logits, model(ids).logits, atol=1e-4)
+    model.set_adapter("first")
     assert adapters.adapter_list(model) == ["first", "second"]  # the original keeps both, unmerged
+    with pytest.raises(ValueError, match="No adapter called 'third': this model holds first, second"):
+        export.merged_model(model, adapter="third")
     assert adapters.mixed_batch_problem(model, ["first", "second"], 2) is None
