@@ -5,7 +5,8 @@ The loop in `train` is what every fine-tuning library does underneath (one optim
 
     for each step:
         for each micro-batch (gradient accumulation):
-            loss = model(input_ids, labels).loss / accumulation    # forward (autocast to fp16/bf16 on a GPU)
+            loss = model(input_ids, labels).loss / accumulation    # forward (autocast to fp16/bf16 on a GPU),
+                                                                    # logits only where labels are graded
             loss.backward()                                         # gradients, only for the adapter's parameters
         clip the gradient norm; optimizer.step(); scheduler.step(); optimizer.zero_grad()
         every N steps: save a checkpoint (adapter weights, optimizer, scheduler, random state, loss history)
@@ -18,6 +19,7 @@ Measuring the result (generation, exact match, the base's checksum) is course_ut
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +30,7 @@ import torch
 from course_utils.checkpoints import (adapter_start, apply_checkpoint, folder_problem, list_checkpoints,
                                       lock_holder, release_lock, restore_start, resume_point, save_checkpoint,
                                       take_lock)
+from course_utils.data import IGNORE_INDEX
 from course_utils.lora import (COURSE_ALPHA, COURSE_DROPOUT, COURSE_RANK, COURSE_TARGETS, get_lora_model,
                                lora_config)
 from course_utils.memory import OPTIMIZERS
@@ -179,6 +182,21 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def graded_window(model, batch: dict) -> dict:
+    """`batch` with the logits computed only where the loss reads them: from the position before the first
+    graded label to the end (`logits_to_keep`, the labels cut to match). The same loss and gradients; the
+    logits over the whole vocabulary, their softmax and its gradient shrink with the window
+    (`python benchmarks/cpu_step_time.py` times a step both ways)."""
+    labels = batch.get("labels")
+    inner = getattr(model, "module", model)  # DDP and FSDP wrap the model
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT wraps it too
+    if labels is None or "logits_to_keep" not in inspect.signature(inner.forward).parameters:
+        return batch
+    graded = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    keep = labels.shape[1] - int(graded[0]) + 1 if len(graded) else labels.shape[1]
+    return {**batch, "labels": labels[:, -keep:], "logits_to_keep": keep} if keep < labels.shape[1] else batch
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------------
@@ -233,7 +251,7 @@ def train_step(model, micro_batches: list[dict], optimizer, scheduler, train_con
         batch = {k: v.to(device) for k, v in batch.items()}
         with _autocast(device, amp_dtype):
             # forward: the cross-entropy on the answer tokens (labels -100 elsewhere)
-            loss = model(**batch).loss / len(micro_batches)
+            loss = model(**graded_window(model, batch)).loss / len(micro_batches)
         # backward: a gradient for every parameter that requires one (the adapter's)
         (scaler.scale(loss) if scaler else loss).backward()
         loss_sum += loss.item()
@@ -341,10 +359,7 @@ def _run_steps(model, batches, train_config, bar, optimizer, scheduler, scaler, 
                          for micro in range(train_config.grad_accum)]
         done = train_step(model, micro_batches, optimizer, scheduler, train_config, scaler)
         step_loss, step_tokens = done["loss"], done["tokens"]
-        lr, grad_norm = done["lr"], done["grad_norm"]
-
-        row = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens": step_tokens}
-        history.append(row)
+        history.append({"step": step, **done})  # step, loss, lr, grad_norm, tokens
         result.tokens += step_tokens
         result.steps_run += 1
         if hasattr(bar, "set_postfix"):
@@ -382,6 +397,4 @@ def steps_knob(value, preset_steps: int, name: str = "STEPS") -> int | None:
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)

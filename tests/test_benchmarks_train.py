@@ -81,16 +81,19 @@ def test_train_offline_prints_before_and_after():
 
 
 def test_cpu_step_time_runs_on_a_small_config():
-    from benchmarks import cpu_step_time  # its SEQ_LEN, N_PROMPTS, NEW_TOKENS
+    from benchmarks import cpu_step_time  # its PROMPT_LENS, ANSWER_LEN, N_PROMPTS, NEW_TOKENS
     stdout, result = run_script("benchmarks/cpu_step_time.py", "course-llama", "--steps", "1", "--batch-sizes", "2", "4")
     assert result["benchmark"] == "cpu_step_time" and result["threads"] >= 1
     assert result["model"] == "course-llama" and result["steps"][0]["batch_size"] == 2
     assert [row["batch_size"] for row in result["steps"]] == [2, 4], "one row per batch size asked for, in order"
     for row in result["steps"]:
-        assert row["seconds_per_step"] > 0 and math.isfinite(row["seconds_per_step"]), row
-        assert f"{row['batch_size']:>6}{row['seconds_per_step']:>10.2f}" in stdout, "the table shows the JSON's figures"
+        for key in ("seconds_per_step", "every_logit"):  # train_step as it runs, and with every position's logits
+            assert row[key] > 0 and math.isfinite(row[key]), row
+        table_row = f"{row['batch_size']:>6}{row['seconds_per_step']:>10.2f}{row['every_logit']:>13.2f}"
+        assert table_row in stdout, "the table shows the JSON's figures"
     assert result["generate_seconds"] > 0 and math.isfinite(result["generate_seconds"])
-    assert "s / step" in stdout and f"({cpu_step_time.SEQ_LEN} tokens per example)" in stdout
+    lens = cpu_step_time.PROMPT_LENS
+    assert "s / step" in stdout and f"({lens[0]}-{lens[1]} + {cpu_step_time.ANSWER_LEN} tokens per example)" in stdout
     assert f"{result['threads']} threads" in stdout
     assert (f"generation: {result['generate_seconds']} s for {cpu_step_time.N_PROMPTS} prompts x "
             f"{cpu_step_time.NEW_TOKENS} new tokens") in stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -431,6 +432,44 @@ def test_one_train_step_changes_the_adapter_only_and_lowers_the_loss(task):
     assert scheduler.last_epoch == 1  # the scheduler stepped once
     with torch.no_grad():
         assert model(**batch).loss.item() < loss_before
+
+
+def test_the_graded_window_keeps_the_loss_and_the_gradients(task):
+    """train_step computes the logits only from the position before the first graded label on: the same loss and
+    gradients as the whole sequence (a window one position shorter drops the first graded token: caught)."""
+    model = tiny_lora_model(task[1], dropout=0.0)
+    batch = batches_for(task).batch(0)
+    window = training.graded_window(model, batch)
+    first = int((batch["labels"] != data.IGNORE_INDEX).any(dim=0).nonzero()[0])
+    assert window["logits_to_keep"] == batch["labels"].shape[1] - first + 1 < batch["labels"].shape[1]
+    assert torch.equal(window["labels"], batch["labels"][:, first - 1:])
+
+    def loss_and_grads(inputs):
+        out = model(**inputs)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in training.trainable_parameters(model).items()}
+        model.zero_grad(set_to_none=True)
+        return out, grads
+
+    full, full_grads = loss_and_grads(batch)
+    cut, cut_grads = loss_and_grads(window)
+    assert cut.logits.shape[1] == window["logits_to_keep"] < full.logits.shape[1]
+    torch.testing.assert_close(cut.loss, full.loss)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(cut_grads[name], grad)
+    short = {**window, "labels": window["labels"][:, 1:], "logits_to_keep": window["logits_to_keep"] - 1}
+    assert abs(model(**short).loss.item() - full.loss.item()) > 1e-4  # the first graded token lost
+
+    class NoWindow(torch.nn.Module):  # a model whose forward can't cut its logits
+        def forward(self, input_ids, attention_mask=None, labels=None):
+            return None
+
+    everything = {**batch, "labels": batch["input_ids"].clone()}  # pretraining: every token graded
+    assert training.graded_window(model, everything) is everything
+    assert training.graded_window(NoWindow(), batch) is batch
+    assert training.graded_window(SimpleNamespace(module=model), batch)["logits_to_keep"] > 0  # DDP, FSDP
+    no_labels = {k: v for k, v in batch.items() if k != "labels"}
+    assert training.graded_window(model, no_labels) is no_labels
 
 
 @pytest.mark.parametrize("value, expected", [(80, 80), (80.0, 80), ("80", 80), (1, 1), (3.5, None), (-5, None),
